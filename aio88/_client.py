@@ -1,0 +1,189 @@
+"""The client: configuration, the session's lifecycle, and the resources."""
+
+from __future__ import annotations
+
+import enum
+import os
+import warnings
+from collections.abc import Mapping
+from types import TracebackType
+
+import aiohttp
+from yarl import URL
+
+from ._config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    RetryPolicy,
+    Timeouts,
+)
+from ._http import Transport
+from ._resources import Generations, Videos
+
+__all__ = ["Client"]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _resolve_base_url(base_url: str | None) -> str:
+    raw = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    url = URL(raw.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        source = "base_url" if base_url is not None else ENV_BASE_URL
+        raise ValueError(
+            f"{source} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, got {raw!r}"
+        )
+    if url.query_string or url.fragment:
+        raise ValueError(f"base_url must not carry a query or fragment, got {raw!r}")
+    return str(url).rstrip("/")
+
+
+class Client:
+    """An asyncio client for the 88API video-generation gateway.
+
+    Use it as an async context manager, one per application::
+
+        async with Client() as client:
+            task = await client.generations.create(model="kling-v1", prompt="a red fox")
+            task = await client.generations.wait(task.id)
+
+    The aiohttp session is created when the client is entered (or on its first request)
+    and closed by :meth:`aclose`; a closed client cannot be reopened.
+
+    Args:
+        api_key: The 88API key; read from ``AIO88_API_KEY`` when not given.
+        base_url: The API's origin; ``AIO88_BASE_URL`` or ``https://88api.ai``.
+        timeouts: Per-request timeouts (:class:`Timeouts`).
+        retry: When failed requests are retried (:class:`RetryPolicy`).
+        max_connections: Most connections open at once.
+        rate_limit: Requests per second for the whole client (every create, poll and
+            download shares it); ``None`` for no steady limit. A 429 slows the whole
+            client either way.
+        headers: Extra headers for every API request (never sent to other origins).
+        session: Your own ``aiohttp.ClientSession``; the client then does not close it.
+
+    Raises:
+        ValueError: No API key, or a malformed ``base_url``.
+    """
+
+    generations: Generations
+    """Tasks of the 88API format, ``/v1/video/generations``."""
+    videos: Videos
+    """Tasks of the OpenAI/Sora format, ``/v1/videos``."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        rate_limit: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
+        if not key.strip():
+            raise ValueError(
+                f"No API key: pass Client(api_key=...) or set the {ENV_API_KEY} environment "
+                "variable"
+            )
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if headers and any(name.lower() == "authorization" for name in headers):
+            raise ValueError("pass the key as api_key, not as an Authorization header")
+        self._state = _State.UNOPENED
+        self._transport = Transport(
+            api_key=key.strip(),
+            base_url=_resolve_base_url(base_url),
+            timeouts=timeouts,
+            retry=retry,
+            rate_limit=rate_limit,
+            max_connections=max_connections,
+            headers=headers,
+            session=session,
+        )
+        self.generations = Generations(self)
+        self.videos = Videos(self)
+
+    @property
+    def base_url(self) -> str:
+        """The API origin requests go to."""
+        return self._transport.base_url
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._state is _State.CLOSED
+
+    def __repr__(self) -> str:
+        return f"<aio88.Client base_url={self.base_url!r} state={self._state.value}>"
+
+    async def __aenter__(self) -> Client:
+        self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def open(self) -> None:
+        """Create the HTTP session. ``async with`` does this for you; needs a running loop.
+
+        Raises:
+            RuntimeError: The client is already open, or was closed.
+        """
+        if self._state is _State.CLOSED:
+            raise RuntimeError(
+                "this aio88.Client was closed and cannot be reopened; create a new Client"
+            )
+        if self._state is _State.OPEN:
+            raise RuntimeError("this aio88.Client is already open; enter it only once")
+        self._transport.open()
+        self._state = _State.OPEN
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (unless it was passed in). Calling it again does nothing."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._transport.aclose()
+
+    def _transport_for_use(self) -> Transport:
+        """The transport, opening the client on first use; refuses a closed client."""
+        state = self._state
+        if state is _State.OPEN:
+            return self._transport
+        if state is _State.CLOSED:
+            raise RuntimeError(
+                "this aio88.Client is closed; create a new Client (use `async with Client()`)"
+            )
+        self.open()
+        return self._transport
+
+    def __del__(self, _warn: object = warnings.warn) -> None:
+        # A client dropped while open must not leak sockets: close them synchronously and
+        # say so once, in aio88's words rather than aiohttp's.
+        if getattr(self, "_state", None) is _State.OPEN and self._transport.session is not None:
+            if self._transport.owns_session and not self._transport.session.closed:
+                warnings.warn(
+                    "an aio88.Client was never closed; use `async with Client() as client:` "
+                    "or `await client.aclose()`",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=2,
+                )
+            self._transport.abandon()

@@ -1,0 +1,95 @@
+"""Configuration objects and their defaults.
+
+Everything here is a frozen value; derive a variant with :func:`dataclasses.replace`::
+
+    from dataclasses import replace
+    from aio88 import DEFAULT_RETRY
+    patient = replace(DEFAULT_RETRY, attempts=8)
+
+This module is a leaf: it imports nothing from aio88.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "ENV_API_KEY",
+    "ENV_BASE_URL",
+    "RetryPolicy",
+    "Timeouts",
+]
+
+#: The environment variable the API key is read from when ``api_key`` is not given.
+ENV_API_KEY = "AIO88_API_KEY"
+#: The environment variable the API origin is read from when ``base_url`` is not given.
+ENV_BASE_URL = "AIO88_BASE_URL"
+#: Where the API lives unless told otherwise.
+DEFAULT_BASE_URL = "https://88api.ai"
+#: Most connections the client keeps open at once (aiohttp's connector limit).
+DEFAULT_MAX_CONNECTIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long one HTTP request may take, in seconds; ``None`` means no limit.
+
+    ========  =================================================================
+    field     bounds
+    ========  =================================================================
+    connect   establishing a connection, including the wait for a pool slot
+    read      the gap between two reads of the response (a stalled stream)
+    total     a whole API request (JSON calls; not downloads, which only have
+              ``connect`` and ``read`` so that big files are never cut off)
+    ========  =================================================================
+
+    These bound single requests. How long to *wait for a task* is ``wait(timeout=...)``.
+    """
+
+    connect: float | None = 10.0
+    read: float | None = 60.0
+    total: float | None = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how a failed request is tried again.
+
+    Reads (GET, HEAD) are retried on 408, 409, 429, 5xx, timeouts and broken connections.
+    A create is retried only when the server provably did not process it (a connection
+    that failed before the request was sent, or a 429), because 88API has no idempotency
+    keys and a duplicate create is billed twice.
+
+    Attributes:
+        attempts: Total tries per request, the first included (1 disables retries).
+        backoff_initial: The first backoff ceiling in seconds; it doubles each attempt.
+        backoff_max: The largest backoff ceiling. The actual sleep is a uniformly random
+            fraction of the ceiling ("full jitter"), so that many clients spread out.
+        retry_after_max: The longest ``Retry-After`` the client will honour. A server that
+            asks for longer gets its error raised instead of a long silent sleep.
+        retry_unsafe_creates: Also retry a create after a timeout, a broken connection or a
+            5xx. The server may have accepted the first try, so this can create (and bill)
+            the task twice. Off by default.
+    """
+
+    attempts: int = 4
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    retry_after_max: float = 120.0
+    retry_unsafe_creates: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
+        if self.backoff_initial < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
+            raise ValueError("RetryPolicy delays must not be negative")
+
+
+#: The timeouts a client uses unless given others.
+DEFAULT_TIMEOUTS = Timeouts()
+#: The retry policy a client uses unless given another.
+DEFAULT_RETRY = RetryPolicy()

@@ -1,0 +1,360 @@
+"""The single request path: auth, timeouts, pacing, retries and error translation.
+
+Every request the client makes goes through :class:`Transport`. It decides nothing about
+*what* to send; it makes sure each request carries the credentials only to the API's own
+origin, waits its turn in the shared rate budget, is retried only when that is safe, and
+fails with an exception from :mod:`aio88._errors`, never a raw aiohttp one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+import anyio
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._config import RetryPolicy, Timeouts
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    make_status_error,
+    request_id_from,
+)
+from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
+from ._version import __version__
+
+__all__ = ["Response", "Transport"]
+
+log = logging.getLogger("aio88")
+
+USER_AGENT = (
+    f"aio88/{__version__} aiohttp/{aiohttp.__version__} "
+    f"{platform.python_implementation()}/{platform.python_version()}"
+)
+
+#: How much of an error body is read: enough for any JSON error, never a whole video.
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class Response:
+    """A finished API response: status, headers and the whole (small) body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def request_id(self) -> str | None:
+        """The server's request id, when it sent one."""
+        return request_id_from(self.headers)
+
+
+def translate(exc: BaseException, what: str) -> APIConnectionError:
+    """Turn an aiohttp or timeout exception into aio88's, saying whether the request left.
+
+    ``what`` names the request ("GET /v1/videos/x") for the message. This is the one place
+    aiohttp's exceptions are mapped; callers ``raise translate(exc, what) from exc``.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(f"{what}: timed out connecting to the server", request_sent=False)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return APITimeoutError(f"{what}: timed out waiting for the server")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or exc.os_error or exc
+        return APIConnectionError(
+            f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})", request_sent=False
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return APIConnectionError(f"{what}: the server closed the connection mid-response")
+    return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError)
+
+
+class Transport:
+    """Owns the aiohttp session and sends every request of one :class:`~aio88.Client`."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        rate_limit: float | None,
+        max_connections: int,
+        headers: Mapping[str, str] | None,
+        session: aiohttp.ClientSession | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url
+        self.origin = URL(base_url).origin()
+        self.retry = retry
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self.clock = clock
+        self.rate = AdaptiveRate(rate_limit, now=clock())
+        self.session: aiohttp.ClientSession | None = None
+        self.owns_session = session is None
+        self._given_session = session
+        # Built once: every API request reuses these objects unchanged.
+        self._api_headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            **(headers or {}),
+            "Authorization": f"Bearer {api_key}",
+        }
+        self._json_headers = {**self._api_headers, "Content-Type": "application/json"}
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._consecutive_429 = 0
+        #: Requests sent, including retries (for stats and tests).
+        self.requests_sent = 0
+        #: 429 answers seen.
+        self.rate_limited = 0
+        #: Retries made.
+        self.retries = 0
+
+    def open(self) -> None:
+        """Create (or adopt) the aiohttp session. Needs a running event loop."""
+        if self._given_session is not None:
+            self.session = self._given_session
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
+        )
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it."""
+        session, self.session = self.session, None
+        if session is not None and self.owns_session:
+            await session.close()
+
+    def abandon(self) -> None:
+        """Release sockets without awaiting: the last resort of ``Client.__del__``."""
+        session, self.session = self.session, None
+        if session is None or not self.owns_session or session.closed:
+            return
+        connector = session.connector
+        session.detach()  # marks it closed, so aiohttp does not warn a second time
+        if connector is not None:
+            connector._close()  # synchronous socket close; nothing left to await on
+
+    def auth_headers_for(self, url: URL) -> dict[str, str]:
+        """The headers for a request to ``url``: credentials only for the API's origin."""
+        if url.origin() == self.origin:
+            return dict(self._api_headers)
+        return {"User-Agent": USER_AGENT}
+
+    def api_url(self, path: str) -> URL:
+        """The absolute URL of an API path (``path`` is already validated and encoded)."""
+        return URL(self.base_url + path, encoded=True)
+
+    async def _wait_turn(self) -> None:
+        """Take a token from the shared rate budget, sleeping if none is free."""
+        delay = self.rate.reserve(self.clock())
+        if delay > 0:
+            await anyio.sleep(delay)
+
+    def _on_429(self, retry_after: float | None) -> float:
+        """Slow the whole client after a 429; return the pause applied."""
+        self.rate_limited += 1
+        self._consecutive_429 += 1
+        pause = retry_after
+        if pause is None:
+            pause = backoff_delay(self._consecutive_429 - 1, self.retry)
+        self.rate.on_rate_limited(self.clock(), min(pause, self.retry.retry_after_max))
+        return pause
+
+    def _session(self) -> aiohttp.ClientSession:
+        session = self.session
+        if session is None:
+            raise RuntimeError("aio88.Client is closed; open a new Client to send requests")
+        return session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: bytes | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> Response:
+        """Send one API request (with retries) and return its successful response.
+
+        Args:
+            method: The HTTP method.
+            path: The path below ``base_url``, starting with ``/``.
+            json: An already-encoded JSON body.
+            form: Builds a fresh multipart body for each try (a form cannot be resent).
+            params: Query parameters.
+            idempotent: Whether resending is harmless; by default, GET and HEAD are.
+
+        Raises:
+            APIStatusError: The server answered 4xx/5xx (after any retries).
+            APIConnectionError: The server could not be reached (after any retries).
+        """
+        session = self._session()
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        url = self.api_url(path)
+        headers = self._json_headers if json is not None else self._api_headers
+        policy = self.retry
+        what = f"{method} {path}"
+        attempt = 0
+        while True:
+            await self._wait_turn()
+            attempt += 1
+            self.requests_sent += 1
+            started = time.perf_counter()
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=json if form is None else form(),
+                    params=params,
+                    timeout=self._request_timeout,
+                ) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    resp_headers = resp.headers
+            except _TRANSPORT_ERRORS as exc:
+                error = translate(exc, what)
+                if not should_retry(
+                    attempt=attempt,
+                    policy=policy,
+                    idempotent=idempotent,
+                    request_sent=error.request_sent,
+                ):
+                    raise error from exc
+                delay = backoff_delay(attempt - 1, policy)
+                self._log_retry(what, attempt, delay, str(error))
+                await anyio.sleep(delay)
+                continue
+
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s -> %d in %.1f ms (request id %s, try %d)",
+                    what,
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                    request_id_from(resp_headers),
+                    attempt,
+                )
+            if status < 300:
+                if self._consecutive_429:
+                    self._consecutive_429 = 0
+                self.rate.on_success()
+                return Response(status, resp_headers, body)
+            delay = self._delay_or_raise(status, resp_headers, body, attempt, idempotent, what)
+            if delay > 0:
+                await anyio.sleep(delay)
+
+    def _delay_or_raise(
+        self,
+        status: int,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+        attempt: int,
+        idempotent: bool,
+        what: str,
+    ) -> float:
+        """For an error status: raise its exception, or return how long to wait to retry."""
+        retry_after = parse_retry_after(headers, time.time())
+        if status == 429:
+            self._on_429(retry_after)
+        policy = self.retry
+        delay: float | None = None
+        if should_retry(
+            attempt=attempt,
+            policy=policy,
+            idempotent=idempotent,
+            status=status,
+            server_says=headers.get("x-should-retry"),
+        ):
+            delay = retry_delay(attempt - 1, policy, retry_after)
+        if delay is None:
+            raise make_status_error(status, body[:ERROR_BODY_LIMIT], headers, retry_after=retry_after)
+        if status == 429:
+            # Everyone now waits for the shared pause in _wait_turn; don't add our own.
+            delay = 0.0
+        self._log_retry(what, attempt, delay, f"HTTP {status}")
+        return delay
+
+    def _log_retry(self, what: str, attempt: int, delay: float, reason: str) -> None:
+        self.retries += 1
+        log.info("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a streamed response (a download). Retries only until the body starts.
+
+        Credentials go only to the API origin; aiohttp drops them on a redirect to another
+        origin. An error status raises its :class:`APIStatusError` with the body read.
+        Errors while the caller reads the body are the caller's to translate (the
+        downloader resumes them from the bytes it already has).
+        """
+        session = self._session()
+        request_headers = self.auth_headers_for(url)
+        if headers:
+            request_headers.update(headers)
+        what = f"{method} {url.path}"
+        attempt = 0
+        while True:
+            await self._wait_turn()
+            attempt += 1
+            self.requests_sent += 1
+            try:
+                resp = await session.request(
+                    method, url, headers=request_headers, params=params, timeout=self._stream_timeout
+                )
+            except _TRANSPORT_ERRORS as exc:
+                error = translate(exc, what)
+                if not should_retry(attempt=attempt, policy=self.retry, idempotent=True):
+                    raise error from exc
+                delay = backoff_delay(attempt - 1, self.retry)
+                self._log_retry(what, attempt, delay, str(error))
+                await anyio.sleep(delay)
+                continue
+            if resp.status >= 400:
+                try:
+                    body = await resp.content.read(ERROR_BODY_LIMIT)
+                except _TRANSPORT_ERRORS:
+                    body = b""
+                finally:
+                    resp.release()
+                delay = self._delay_or_raise(resp.status, resp.headers, body, attempt, True, what)
+                if delay > 0:
+                    await anyio.sleep(delay)
+                continue
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return

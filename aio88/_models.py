@@ -1,0 +1,297 @@
+"""Wire models for 88API's two task shapes, decoded with msgspec.
+
+88API speaks two dialects (see ``88api-api.md`` §4-§5): the documented flat objects with
+lower-case statuses, and what its server code sends: a ``{"code": "success", "data": {...}}``
+envelope around an internal task with upper-case statuses (``SUCCESS``, ``IN_PROGRESS``,
+``NOT_START``), ``completed`` instead of ``succeeded``, ``"50%"`` progress strings, and the
+video URL in any of four places. Both models read every variant and expose one read-only
+surface, so the poller and the downloader treat them alike:
+
+``.id``, ``.status`` (a :class:`Status`), ``.raw_status``, ``.progress``, ``.done``, ``.url``,
+``.error``.
+
+The wire fields are private (``_status``, ``_url``, ...) and renamed to their JSON names;
+the public names are properties that normalise them. Decoders are built once per type.
+
+This module is a leaf: it imports nothing from aio88.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "GenerationTask",
+    "ResponseShapeError",
+    "Status",
+    "TaskError",
+    "Video",
+    "VideoMetadata",
+    "decode_generation",
+    "decode_video",
+    "normalize_status",
+    "parse_progress",
+]
+
+
+class Status(str, enum.Enum):
+    """A task's lifecycle state, normalised from whatever the server said.
+
+    ``queued`` and ``in_progress`` are pending; ``succeeded`` and ``failed`` are terminal.
+    The server's own word is kept on the task as ``raw_status``.
+    """
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        """Whether this is a terminal state."""
+        return self is Status.SUCCEEDED or self is Status.FAILED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SUCCESS_WORDS = ("succeeded", "success", "completed", "complete", "succeed", "finished", "done")
+_FAILURE_WORDS = ("failed", "failure", "fail", "error", "cancelled", "canceled", "expired")
+_RUNNING_WORDS = ("in_progress", "processing", "running", "generating", "in-progress")
+
+# Every spelling seen on the wire maps to a Status in one dict lookup; anything unknown
+# ("unknown", "NOT_START", "SUBMITTED", a new word) is pending, which is the safe reading:
+# we keep polling rather than declare a task finished that is not.
+_STATUS_BY_WORD: dict[str, Status] = {}
+for _words, _status in (
+    (_SUCCESS_WORDS, Status.SUCCEEDED),
+    (_FAILURE_WORDS, Status.FAILED),
+    (_RUNNING_WORDS, Status.IN_PROGRESS),
+):
+    for _word in _words:
+        _STATUS_BY_WORD[_word] = _status
+        _STATUS_BY_WORD[_word.upper()] = _status
+        _STATUS_BY_WORD[_word.capitalize()] = _status
+
+
+def normalize_status(raw: str | None) -> Status:
+    """Map any status spelling of either dialect to a :class:`Status` (unknown: queued)."""
+    if raw is None:
+        return Status.QUEUED
+    status = _STATUS_BY_WORD.get(raw)
+    if status is None:
+        status = _STATUS_BY_WORD.get(raw.strip().lower(), Status.QUEUED)
+    return status
+
+
+def parse_progress(value: object) -> int | None:
+    """Read progress from ``50``, ``50.0``, ``"50"`` or ``"50%"``, clamped to 0-100."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip().rstrip("%").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    return 0 if value < 0 else 100 if value > 100 else int(value)
+
+
+class ResponseShapeError(ValueError):
+    """A body that decoded as JSON but is not a task (no id at all)."""
+
+
+class TaskError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a task failed, as the server put it.
+
+    Attributes:
+        message: The reason in words.
+        code: The vendor's or gateway's error code (a string or a number), if any.
+    """
+
+    message: str | None = None
+    code: str | int | None = None
+    type: str | None = None
+
+
+class VideoMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The ``metadata`` object of a task: technical facts and sometimes the video URL.
+
+    Vendors fill it differently, so every field is optional and loosely typed.
+    """
+
+    duration: float | str | None = None
+    fps: float | str | None = None
+    width: int | str | None = None
+    height: int | str | None = None
+    seed: int | str | None = None
+    url: str | None = None
+
+
+class _Task(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The fields and read-only surface both task shapes share."""
+
+    task_id: str | None = None
+    _id: str | int | None = msgspec.field(default=None, name="id")
+    _status: str | None = msgspec.field(default=None, name="status")
+    _progress: int | float | str | None = msgspec.field(default=None, name="progress")
+    _url: str | None = msgspec.field(default=None, name="url")
+    video_url: str | None = None
+    result_url: str | None = None
+    _metadata: VideoMetadata | str | None = msgspec.field(default=None, name="metadata")
+    _error: TaskError | str | None = msgspec.field(default=None, name="error")
+    fail_reason: str | None = None
+    model: str | None = None
+    format: str | None = None
+    created_at: int | float | None = None
+    completed_at: int | float | None = None
+    expires_at: int | float | None = None
+    # The envelope's payload on the way in; in a TaskDto, the vendor's raw JSON.
+    _data: msgspec.Raw = msgspec.field(default=msgspec.Raw(), name="data")
+
+    @property
+    def id(self) -> str:
+        """The public task id (``task_id``, else ``id``); use it for every follow-up call."""
+        if self.task_id:
+            return self.task_id
+        ident = self._id
+        return ident if isinstance(ident, str) else "" if ident is None else str(ident)
+
+    @property
+    def status(self) -> Status:
+        """The normalised lifecycle state."""
+        return normalize_status(self._status)
+
+    @property
+    def raw_status(self) -> str:
+        """The status exactly as the server spelt it (``"SUCCESS"``, ``"completed"``, ...)."""
+        return self._status or ""
+
+    @property
+    def progress(self) -> int | None:
+        """Percent done, 0-100, or ``None`` when the server does not report it."""
+        return parse_progress(self._progress)
+
+    @property
+    def done(self) -> bool:
+        """Whether the task is terminal (succeeded or failed)."""
+        return normalize_status(self._status).done
+
+    @property
+    def metadata(self) -> VideoMetadata | None:
+        """The task's ``metadata`` object, when it has one."""
+        meta = self._metadata
+        return meta if isinstance(meta, VideoMetadata) else None
+
+    @property
+    def url(self) -> str | None:
+        """Where the finished video is: the first of ``url``, ``video_url``, ``result_url``,
+        ``metadata.url`` that is not empty. Often a short-lived vendor link; prefer
+        ``client.download``, which falls back to the API's content endpoint."""
+        meta = self._metadata
+        return (
+            self._url
+            or self.video_url
+            or self.result_url
+            or (meta.url if isinstance(meta, VideoMetadata) else None)
+            or None
+        )
+
+    @property
+    def error(self) -> TaskError | None:
+        """Why the task failed; ``None`` unless the server reported an error."""
+        err = self._error
+        if isinstance(err, TaskError):
+            if err.message or err.code is not None:
+                return err
+        elif isinstance(err, str) and err:
+            return TaskError(message=err)
+        if self.fail_reason and self.status is Status.FAILED:
+            return TaskError(message=self.fail_reason)
+        return None
+
+    def __repr__(self) -> str:
+        parts = [f"id={self.id!r}", f"status={self.status.value!r}"]
+        if self._status is not None and self._status != self.status.value:
+            parts.append(f"raw_status={self._status!r}")
+        progress = self.progress
+        if progress is not None:
+            parts.append(f"progress={progress}")
+        if self.url:
+            parts.append(f"url={self.url!r}")
+        if self.error:
+            parts.append(f"error={self.error.message!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class GenerationTask(_Task, kw_only=True, omit_defaults=True):
+    """A task of the 88API format (``/v1/video/generations``): Kling, Jimeng, Vidu, Veo.
+
+    Read ``.id``, ``.status``, ``.progress``, ``.url`` and ``.error``; the other fields are
+    what the server sent, when it sent them.
+    """
+
+    platform: str | None = None
+    action: str | None = None
+    submit_time: int | float | None = None
+    start_time: int | float | None = None
+    finish_time: int | float | None = None
+
+
+class Video(_Task, kw_only=True, omit_defaults=True):
+    """A task of the OpenAI/Sora format (``/v1/videos``).
+
+    Read ``.id``, ``.status``, ``.progress``, ``.url`` and ``.error``; ``expires_at`` says
+    when the server stops serving the file.
+    """
+
+    object: str | None = None
+    seconds: str | int | float | None = None
+    size: str | None = None
+    quality: str | None = None
+    prompt: str | None = None
+    remixed_from_video_id: str | None = None
+
+
+# strict=False lets "5" decode as a number: the server sends both.
+_generation_decoder = msgspec.json.Decoder(GenerationTask, strict=False)
+_video_decoder = msgspec.json.Decoder(Video, strict=False)
+_ENVELOPE_MIN = len(b"null") + 1  # a null payload is no envelope to unwrap
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    task = decoder.decode(body)
+    if task._status is None and len(task._data) >= _ENVELOPE_MIN:
+        task = decoder.decode(task._data)  # {"code": "success", "data": {...}}
+    if not task.id:
+        raise ResponseShapeError("the response has no task id (neither `task_id` nor `id`)")
+    return task
+
+
+def decode_generation(body: bytes) -> GenerationTask:
+    """Decode a ``/v1/video/generations`` response, in either dialect.
+
+    Raises:
+        msgspec.DecodeError: The body is not JSON or a field has an impossible type.
+        ResponseShapeError: The JSON is not a task.
+    """
+    task: GenerationTask = _decode(_generation_decoder, body)
+    return task
+
+
+def decode_video(body: bytes) -> Video:
+    """Decode a ``/v1/videos`` response, in either dialect.
+
+    Raises:
+        msgspec.DecodeError: The body is not JSON or a field has an impossible type.
+        ResponseShapeError: The JSON is not a task.
+    """
+    task: Video = _decode(_video_decoder, body)
+    return task

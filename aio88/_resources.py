@@ -1,0 +1,411 @@
+"""The API's two task families as client attributes: ``client.generations`` and
+``client.videos``. Each method validates its arguments before anything is sent."""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, Union
+
+import aiohttp
+import anyio
+import msgspec
+
+from ._errors import APIResponseValidationError, DownloadError
+from ._models import (
+    GenerationTask,
+    ResponseShapeError,
+    Video,
+    decode_generation,
+    decode_video,
+)
+from ._poll import DEFAULT_WAIT_TIMEOUT, Schedule, wait_for_task
+from ._retry import parse_retry_after
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._http import Response, Transport
+
+__all__ = ["Generations", "VideoContent", "Videos", "check_id", "poll_hint"]
+
+#: A reference image for ``videos.create``: a path, the bytes, or an open binary file.
+FileInput = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+
+_BAD_ID = re.compile(r"[/\\?#%\s\x00-\x1f\x7f]")
+_DEFAULT_SCHEDULE = Schedule()
+_json_encode = msgspec.json.encode
+TaskT = TypeVar("TaskT", GenerationTask, Video)
+
+#: Content types that mean "an error message", not a video.
+_NOT_VIDEO_TYPES = ("application/json", "text/", "application/problem+json")
+
+
+def check_id(task_id: object, name: str = "task_id") -> str:
+    """Return ``task_id`` as a string fit for a URL path, or raise a clear error.
+
+    A task object is accepted for its ``.id``.
+    """
+    value = getattr(task_id, "id", task_id)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str (or a task), got {type(value).__name__}")
+    if not value or value in (".", "..") or _BAD_ID.search(value):
+        raise ValueError(
+            f"{name} {value!r} is not a valid task id: it must be non-empty and contain "
+            "no '/', '\\', '?', '#', '%', whitespace or control characters"
+        )
+    return value
+
+
+def _check_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def poll_hint(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server suggests before the next poll (``openai-poll-after-ms``, or
+    ``Retry-After`` on a successful response), or ``None``."""
+    raw = headers.get("openai-poll-after-ms")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw) / 1000.0)
+        except ValueError:
+            pass
+    if "Retry-After" in headers:
+        return parse_retry_after(headers, time.time())
+    return None
+
+
+def _decode(decode: Callable[[bytes], TaskT], resp: Response) -> TaskT:
+    try:
+        return decode(resp.body)
+    except (msgspec.DecodeError, ResponseShapeError) as exc:
+        excerpt = resp.body[:200].decode("utf-8", "replace")
+        raise APIResponseValidationError(
+            f"HTTP {resp.status} with a body that is not a task ({exc}): {excerpt!r}",
+            status_code=resp.status,
+            request_id=resp.request_id,
+            body_excerpt=excerpt,
+        ) from exc
+
+
+def _payload(fields: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+    body = {key: value for key, value in fields.items() if value is not None}
+    if extra_body:
+        body.update(extra_body)
+    return body
+
+
+class _Resource(Generic[TaskT]):
+    """What both task families share: retrieve, wait, and the path they live under."""
+
+    _path: str
+    _decode: Callable[[bytes], TaskT]
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _http(self) -> Transport:
+        return self._client._transport_for_use()
+
+    async def retrieve(self, task_id: str | TaskT) -> TaskT:
+        """Fetch the task's current state.
+
+        Raises:
+            NotFoundError: No such task for this key (88API answers 400 ``task_not_exist``).
+        """
+        task, _ = await self._fetch(check_id(task_id))
+        return task
+
+    async def _fetch(self, task_id: str) -> tuple[TaskT, float | None]:
+        """Fetch a task and the server's poll-after hint; ``task_id`` is already checked."""
+        resp = await self._http().request("GET", f"{self._path}/{task_id}")
+        return _decode(type(self)._decode, resp), poll_hint(resp.headers)
+
+    async def _create(self, body: dict[str, Any]) -> TaskT:
+        resp = await self._http().request("POST", self._path, json=_json_encode(body))
+        return _decode(type(self)._decode, resp)
+
+    async def wait(
+        self,
+        task_id: str | TaskT,
+        *,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        schedule: Schedule | None = None,
+        on_update: Callable[[TaskT], object] | None = None,
+    ) -> TaskT:
+        """Poll until the task is terminal and return it once it succeeded.
+
+        Args:
+            task_id: The task's id (or the task).
+            timeout: Seconds to wait in all (default 30 min); ``None`` waits forever.
+            schedule: When to poll; the 88API docs' tiers by default.
+            on_update: Called with the task whenever its status or progress changes.
+
+        Raises:
+            TaskFailedError: The task failed; ``.task.error`` says why.
+            WaitTimeoutError: The deadline passed first; the task goes on on the server.
+        """
+        return await wait_for_task(
+            self._fetch,
+            check_id(task_id),
+            timeout=timeout,
+            schedule=schedule or _DEFAULT_SCHEDULE,
+            on_update=on_update,
+        )
+
+
+class Generations(_Resource[GenerationTask]):
+    """Tasks of the 88API format, ``/v1/video/generations`` (Kling, Jimeng, Vidu, Veo)."""
+
+    _path = "/v1/video/generations"
+    _decode = staticmethod(decode_generation)
+
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        duration: float | None = None,
+        fps: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        size: str | None = None,
+        image: str | None = None,
+        seed: int | None = None,
+        n: int | None = None,
+        metadata: Mapping[str, Any] | str | None = None,
+        callback_url: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> GenerationTask:
+        """Create a video generation task. It is billed: a create is never resent after a
+        timeout or server error unless ``RetryPolicy.retry_unsafe_creates`` is on.
+
+        Args:
+            model: The model id, e.g. ``"kling-v1"``, ``"viduq1"``.
+            prompt: What to generate; must not be empty.
+            duration: Seconds of video.
+            fps: Frame rate.
+            width: Width in pixels.
+            height: Height in pixels.
+            size: ``"WIDTHxHEIGHT"``, e.g. ``"1280x720"``.
+            image: An image URL or base64 data for image-to-video.
+            seed: Random seed.
+            n: Number of videos.
+            metadata: Vendor-specific options (``negative_prompt``, ``aspect_ratio``, ...).
+            callback_url: Where the gateway posts a signed event when the task ends.
+            extra_body: More fields, sent as they are (for options this client predates).
+
+        Returns:
+            The new task; keep its ``.id``.
+        """
+        body = _payload(
+            {
+                "model": _check_text(model, "model"),
+                "prompt": _check_text(prompt, "prompt"),
+                "duration": duration,
+                "fps": fps,
+                "width": width,
+                "height": height,
+                "size": size,
+                "image": image,
+                "seed": seed,
+                "n": n,
+                "metadata": metadata,
+                "callback_url": callback_url,
+            },
+            extra_body,
+        )
+        return await self._create(body)
+
+
+class VideoContent:
+    """A finished video's bytes as they arrive: ``async for chunk in content``.
+
+    Attributes:
+        status: The HTTP status (200, or 206 for a range).
+        headers: The response headers.
+    """
+
+    #: The chunk size of ``async for``.
+    CHUNK_SIZE = 1024 * 1024
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    @property
+    def content_type(self) -> str:
+        """The media type, e.g. ``"video/mp4"``."""
+        return self._response.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length in bytes, when the server said."""
+        return self._response.content_length
+
+    def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """Iterate over the body in chunks of at most ``size`` bytes."""
+        return self._response.content.iter_chunked(size)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.iter_chunks()
+
+    async def read(self) -> bytes:
+        """Read the whole body into memory (small files only; prefer ``download``)."""
+        return await self._response.read()
+
+
+def _read_reference(value: FileInput) -> tuple[str, bytes]:
+    """Load a reference image (name, bytes). Runs in a worker thread: it may hit the disk."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "reference", bytes(value)
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        if text.startswith(("http://", "https://")):
+            raise ValueError(
+                "input_reference takes a file, not a URL; pass an image URL in metadata "
+                "instead, e.g. metadata={'img_url': ...}"
+            )
+        path = Path(text)
+        try:
+            return path.name, path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read input_reference {text!r}: {exc.strerror}") from exc
+    if isinstance(value, io.IOBase) or hasattr(value, "read"):
+        data = value.read()
+        if not isinstance(data, bytes):
+            raise TypeError("input_reference file must be opened in binary mode ('rb')")
+        return Path(getattr(value, "name", "reference") or "reference").name, data
+    raise TypeError(
+        f"input_reference must be a path, bytes or a binary file, got {type(value).__name__}"
+    )
+
+
+def _sniff_image_type(name: str, data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _form_value(value: Any) -> str:
+    return value if isinstance(value, str) else _json_encode(value).decode()
+
+
+class Videos(_Resource[Video]):
+    """Tasks of the OpenAI/Sora format, ``/v1/videos``: create, retrieve, remix, wait,
+    and the finished file's content."""
+
+    _path = "/v1/videos"
+    _decode = staticmethod(decode_video)
+
+    async def create(
+        self,
+        *,
+        prompt: str,
+        model: str | None = None,
+        seconds: str | int | None = None,
+        size: str | None = None,
+        input_reference: FileInput | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Video:
+        """Create a video task. It is billed: a create is never resent after a timeout or
+        server error unless ``RetryPolicy.retry_unsafe_creates`` is on.
+
+        Sent as JSON, or as multipart when ``input_reference`` is given (the image is read
+        once, so a retry after a 429 resends the same bytes).
+
+        Args:
+            prompt: What to generate; must not be empty.
+            model: The model id; the server's default is ``"sora-2"``.
+            seconds: Duration, e.g. ``"8"`` (a number is sent as a string).
+            size: ``"WIDTHxHEIGHT"``, e.g. ``"1280x720"``.
+            input_reference: An image to start from: a path, bytes or a binary file.
+            metadata: Vendor options; sent as a JSON string in multipart, as the API wants.
+            extra_body: More fields, sent as they are.
+        """
+        fields: dict[str, Any] = {
+            "prompt": _check_text(prompt, "prompt"),
+            "model": None if model is None else _check_text(model, "model"),
+            "seconds": None if seconds is None else str(seconds),
+            "size": size,
+        }
+        if input_reference is None:
+            return await self._create(_payload({**fields, "metadata": metadata}, extra_body))
+
+        name, data = await anyio.to_thread.run_sync(_read_reference, input_reference)
+        content_type = _sniff_image_type(name, data)
+        text_fields = {
+            key: _form_value(value)
+            for key, value in _payload({**fields, "metadata": metadata}, extra_body).items()
+        }
+
+        def form() -> aiohttp.FormData:
+            body = aiohttp.FormData()
+            for key, value in text_fields.items():
+                body.add_field(key, value)
+            body.add_field("input_reference", data, filename=name, content_type=content_type)
+            return body
+
+        resp = await self._http().request("POST", self._path, form=form)
+        return _decode(decode_video, resp)
+
+    async def remix(
+        self,
+        video_id: str | Video,
+        *,
+        prompt: str,
+        model: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Video:
+        """Create a new video from a finished one with a new prompt (Sora channels).
+
+        Billed like a create, and never resent after a timeout or server error.
+        """
+        body = _payload({"prompt": _check_text(prompt, "prompt"), "model": model}, extra_body)
+        path = f"{self._path}/{check_id(video_id, 'video_id')}/remix"
+        resp = await self._http().request("POST", path, json=_json_encode(body))
+        return _decode(decode_video, resp)
+
+    @asynccontextmanager
+    async def content(
+        self, video_id: str | Video, *, variant: str | None = None
+    ) -> AsyncIterator[VideoContent]:
+        """Stream a finished video's bytes::
+
+            async with client.videos.content(video.id) as body:
+                async for chunk in body:
+                    ...
+
+        Redirects are followed; the API key is never sent to another origin. To save the
+        file, prefer :meth:`download`, which resumes, verifies and writes atomically.
+
+        Raises:
+            NotFoundError: No such video, or it is not finished yet.
+            DownloadError: The server answered with a message instead of a video.
+        """
+        transport = self._http()
+        url = transport.api_url(f"{self._path}/{check_id(video_id, 'video_id')}/content")
+        params = {"variant": variant} if variant else None
+        async with transport.stream("GET", url, params=params) as resp:
+            if resp.content_type.startswith(_NOT_VIDEO_TYPES):
+                text = (await resp.content.read(2000)).decode("utf-8", "replace")
+                raise DownloadError(
+                    f"expected a video from {url.path} but got {resp.content_type}: {text!r}",
+                    status_code=resp.status,
+                )
+            yield VideoContent(resp)

@@ -1,0 +1,18 @@
+"""Shared fixtures. The emulator and client fixtures come from aio88's own pytest plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """aiohttp is asyncio-only."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read a developer's real key or base URL."""
+    monkeypatch.delenv("AIO88_API_KEY", raising=False)
+    monkeypatch.delenv("AIO88_BASE_URL", raising=False)
