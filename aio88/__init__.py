@@ -75,9 +75,6 @@ __all__ = [
 # Present every public name as aio88.X (in reprs, tracebacks and docs), not aio88._module.X.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("aio88._"):
-        try:
-            _obj.__module__ = "aio88"
-        except (AttributeError, TypeError):  # pragma: no cover - builtins and constants
-            pass
+    if isinstance(_obj, type) and _obj.__module__.startswith("aio88._"):
+        _obj.__module__ = "aio88"
 del _name, _obj

@@ -114,7 +114,7 @@ class APIStatusError(APIError):
         status_code: int,
         request_id: str | None = None,
         code: str | None = None,
-        type: str | None = None,  # noqa: A002 - the wire name, as in openai-python
+        type: str | None = None,
         param: str | None = None,
         body: object = None,
     ) -> None:

@@ -70,7 +70,7 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return APITimeoutError(f"{what}: timed out waiting for the server")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or exc.os_error or exc
+        reason = exc.os_error.strerror or str(exc.os_error)
         return APIConnectionError(
             f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})", request_sent=False
         )
@@ -293,7 +293,9 @@ class Transport:
         ):
             delay = retry_delay(attempt - 1, policy, retry_after)
         if delay is None:
-            raise make_status_error(status, body[:ERROR_BODY_LIMIT], headers, retry_after=retry_after)
+            raise make_status_error(
+                status, body[:ERROR_BODY_LIMIT], headers, retry_after=retry_after
+            )
         if status == 429:
             # Everyone now waits for the shared pause in _wait_turn; don't add our own.
             delay = 0.0
@@ -332,7 +334,11 @@ class Transport:
             self.requests_sent += 1
             try:
                 resp = await session.request(
-                    method, url, headers=request_headers, params=params, timeout=self._stream_timeout
+                    method,
+                    url,
+                    headers=request_headers,
+                    params=params,
+                    timeout=self._stream_timeout,
                 )
             except _TRANSPORT_ERRORS as exc:
                 error = translate(exc, what)

@@ -74,7 +74,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def backoff_delay(attempt: int, policy: _Policy, rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, policy: _Policy, rand: Callable[[], float] = random.random
+) -> float:
     """Capped exponential backoff with full jitter for retry number ``attempt`` (0-based).
 
     The ceiling is ``backoff_initial * 2**attempt``, capped at ``backoff_max``; the delay

@@ -16,3 +16,12 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read a developer's real key or base URL."""
     monkeypatch.delenv("AIO88_API_KEY", raising=False)
     monkeypatch.delenv("AIO88_BASE_URL", raising=False)
+
+
+#: Run a test once per dialect: ``@BOTH_DIALECTS`` on a test using ``aio88_emulator``.
+BOTH_DIALECTS = pytest.mark.parametrize(
+    "aio88_emulator",
+    [{"dialect": "docs"}, {"dialect": "newapi"}],
+    indirect=True,
+    ids=["docs", "newapi"],
+)

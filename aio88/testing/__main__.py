@@ -16,22 +16,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m aio88.testing", description="Serve an emulated 88API on loopback."
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8088, help="API port; 0 picks one (default 8088)")
+    parser.add_argument(
+        "--port", type=int, default=8088, help="API port; 0 picks one (default 8088)"
+    )
     parser.add_argument("--dialect", choices=["docs", "newapi"], default="docs")
     parser.add_argument("--api-key", default="sk-test", help="the key it accepts (default sk-test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--duration", type=float, nargs=2, default=(5.0, 20.0), metavar=("LOW", "HIGH"),
+        "--duration",
+        type=float,
+        nargs=2,
+        default=(5.0, 20.0),
+        metavar=("LOW", "HIGH"),
         help="seconds a task takes, drawn uniformly (default 5 20)",
     )
     parser.add_argument("--failure-rate", type=float, default=0.0)
-    parser.add_argument("--rate-429", type=float, default=0.0, help="share of requests answered 429")
+    parser.add_argument(
+        "--rate-429", type=float, default=0.0, help="share of requests answered 429"
+    )
     parser.add_argument("--retry-after", type=float, default=None)
     parser.add_argument("--rate-500", type=float, default=0.0)
     parser.add_argument("--drop-rate", type=float, default=0.0)
     parser.add_argument("--truncate-rate", type=float, default=0.0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per answer")
-    parser.add_argument("--content-size", type=int, default=None, help="serve N deterministic bytes")
+    parser.add_argument(
+        "--content-size", type=int, default=None, help="serve N deterministic bytes"
+    )
     return parser
 
 
@@ -57,7 +67,9 @@ async def serve(args: argparse.Namespace) -> None:
         content_size=args.content_size,
     ) as emulator:
         print(f"88API emulator ({args.dialect} dialect) at {emulator.base_url}", flush=True)
-        print(f"  media origin {emulator.media_url}; key {args.api_key!r}; Ctrl-C stops", flush=True)
+        print(
+            f"  media origin {emulator.media_url}; key {args.api_key!r}; Ctrl-C stops", flush=True
+        )
         await asyncio.Event().wait()
 
 

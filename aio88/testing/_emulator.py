@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import hashlib
 import itertools
 import json
@@ -29,7 +30,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 __all__ = ["Emulator", "EmulatedTask", "Faults", "LoggedRequest", "ManualClock"]
 
@@ -171,6 +172,13 @@ class _Scripted:
     retry_after: float | None
 
 
+# The fault chosen for the request being answered: the middleware decides, the content
+# handler (same task) reads it to cut a streamed body short.
+_current_fault: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "aio88_emulator_fault", default=None
+)
+
+
 class _Truncated(Exception):
     """Raised inside a handler to cut the connection after a partial body."""
 
@@ -206,6 +214,8 @@ class Emulator:
         redirect_content: Answer ``/content`` with a 307 to the media origin; by default,
             in the ``newapi`` dialect only.
         expires_in: Seconds from creation to a video's ``expires_at``.
+        poll_after_ms: Send ``openai-poll-after-ms`` with this value on every task
+            retrieval (a server poll hint); ``None`` sends none, as 88API does.
     """
 
     def __init__(
@@ -225,6 +235,7 @@ class Emulator:
         honor_range: bool = True,
         redirect_content: bool | None = None,
         expires_in: float = 24 * 3600.0,
+        poll_after_ms: int | None = None,
     ) -> None:
         if dialect not in ("docs", "newapi"):
             raise ValueError(f"dialect must be 'docs' or 'newapi', got {dialect!r}")
@@ -240,8 +251,11 @@ class Emulator:
         self.clock: Callable[[], float] = clock or time.monotonic
         self.faults = faults or Faults()
         self.honor_range = honor_range
-        self.redirect_content = dialect == "newapi" if redirect_content is None else redirect_content
+        self.redirect_content = (
+            dialect == "newapi" if redirect_content is None else redirect_content
+        )
         self.expires_in = expires_in
+        self.poll_after_ms = poll_after_ms
         if content is not None and content_size is not None:
             raise ValueError("pass content or content_size, not both")
         self._content = content
@@ -391,11 +405,7 @@ class Emulator:
     @property
     def creates(self) -> int:
         """How many create requests (both families, remix included) reached the server."""
-        return sum(
-            1
-            for r in self.requests
-            if r.method == "POST" and r.origin == "api"
-        )
+        return sum(1 for r in self.requests if r.method == "POST" and r.origin == "api")
 
     def reset_log(self) -> None:
         """Forget logged requests and the in-flight maximum."""
@@ -516,7 +526,7 @@ class Emulator:
             elif fault == "garbage":
                 response = web.Response(status=200, text="<html>502 Bad Gateway</html>")
             else:
-                request["fault"] = fault
+                _current_fault.set(fault)
                 response = await handler(request)
             entry.status = response.status
             if not response.prepared:
@@ -635,7 +645,9 @@ class Emulator:
 
     def _not_found(self, request: web.Request, task_id: str) -> web.Response:
         if self.dialect == "newapi":
-            message = "task_origin_not_exist" if request.path.endswith("/remix") else "task_not_exist"
+            message = (
+                "task_origin_not_exist" if request.path.endswith("/remix") else "task_not_exist"
+            )
             body = {"code": "task_not_exist", "message": message, "data": None}
             return web.json_response(body, status=400)
         return self._error(request, 404, "Task not found", param="task_id")
@@ -687,15 +699,14 @@ class Emulator:
         if request.content_type == "multipart/form-data":
             fields: dict[str, Any] = {}
             reader = await request.multipart()
-            async for part in reader:
-                name = getattr(part, "name", None)
-                if name is None:
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name is None:
                     continue
-                if getattr(part, "filename", None):
-                    data = await part.read()  # type: ignore[union-attr]
-                    files[name] = (part.filename, len(data), part.headers.get("Content-Type"))
+                if part.filename:
+                    data = await part.read()
+                    files[part.name] = (part.filename, len(data), part.headers.get("Content-Type"))
                 else:
-                    fields[name] = await part.text()  # type: ignore[union-attr]
+                    fields[part.name] = await part.text()
             metadata = fields.get("metadata")
             if isinstance(metadata, str):
                 try:
@@ -706,11 +717,12 @@ class Emulator:
                     )
         else:
             try:
-                fields = await request.json()
+                decoded: object = await request.json()
             except ValueError:
                 return self._error(request, 400, "invalid JSON body", code="invalid_request")
-            if not isinstance(fields, dict):
+            if not isinstance(decoded, dict):
                 return self._error(request, 400, "body must be an object", code="invalid_request")
+            fields = decoded
         prompt = fields.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             return self._error(
@@ -759,7 +771,9 @@ class Emulator:
         if isinstance(fields, web.Response):
             return fields
         files = fields.pop("_files")
-        task = self._new_task(kind, str(fields.get("model") or default_model), fields["prompt"], fields)
+        task = self._new_task(
+            kind, str(fields.get("model") or default_model), fields["prompt"], fields
+        )
         task.files = files
         return self._create_answer(task)
 
@@ -790,13 +804,19 @@ class Emulator:
         task = self._lookup(request)
         if isinstance(task, web.Response):
             return task
-        return web.json_response(self.generation_json(task))
+        return self._task_answer(self.generation_json(task))
 
     async def _get_video(self, request: web.Request) -> web.Response:
         task = self._lookup(request)
         if isinstance(task, web.Response):
             return task
-        return web.json_response(self.video_json(task))
+        return self._task_answer(self.video_json(task))
+
+    def _task_answer(self, body: dict[str, Any]) -> web.Response:
+        response = web.json_response(body)
+        if self.poll_after_ms is not None:
+            response.headers["openai-poll-after-ms"] = str(self.poll_after_ms)
+        return response
 
     # -- task bodies, per dialect (public so tests can compare) ------------------------
 
@@ -911,7 +931,7 @@ class Emulator:
                 status=307,
                 headers={"Location": self._media_link(task), "Cache-Control": "no-store"},
             )
-        return await self._send_content(request, truncate=request.get("fault") == "truncate")
+        return await self._send_content(request, truncate=_current_fault.get() == "truncate")
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["id"]
@@ -962,7 +982,10 @@ class Emulator:
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` as ``[start, end)``; ``None`` if unsatisfiable."""
+    """Parse ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` into ``[start, end)``.
+
+    Returns ``None`` when the range cannot be satisfied (the caller answers 416).
+    """
     unit, _, spec = header.partition("=")
     if unit.strip() != "bytes" or "," in spec:
         return None

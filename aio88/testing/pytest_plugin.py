@@ -18,12 +18,18 @@ arguments go to :class:`~aio88.testing.Emulator`::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .. import Client, RetryPolicy
-from ._emulator import Emulator
+from .._config import RetryPolicy
+
+if TYPE_CHECKING:
+    from .. import Client
+    from ._emulator import Emulator
+
+# The client and emulator are imported inside the fixtures: pytest loads this plugin
+# before coverage measurement starts, and only tests that use the fixtures need them.
 
 #: Retries fast enough for tests: the policy's rules, none of its patience.
 FAST_RETRY = RetryPolicy(attempts=4, backoff_initial=0.01, backoff_max=0.05)
@@ -38,8 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-async def aio88_emulator(request: pytest.FixtureRequest, anyio_backend: Any) -> AsyncIterator[Emulator]:
+async def aio88_emulator(
+    request: pytest.FixtureRequest, anyio_backend: Any
+) -> AsyncIterator[Emulator]:
     """A running :class:`~aio88.testing.Emulator` on loopback (docs dialect by default)."""
+    from ._emulator import Emulator
+
     marker = request.node.get_closest_marker("aio88_emulator")
     kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
     if hasattr(request, "param") and isinstance(request.param, dict):
@@ -51,6 +61,8 @@ async def aio88_emulator(request: pytest.FixtureRequest, anyio_backend: Any) -> 
 @pytest.fixture
 async def aio88_client(aio88_emulator: Emulator, anyio_backend: Any) -> AsyncIterator[Client]:
     """An open :class:`~aio88.Client` talking to ``aio88_emulator``, with fast retries."""
+    from .. import Client
+
     async with Client(
         api_key=aio88_emulator.api_key, base_url=aio88_emulator.base_url, retry=FAST_RETRY
     ) as client:
