@@ -217,7 +217,6 @@ class Transport:
             idempotent = method in ("GET", "HEAD")
         url = self.api_url(path)
         headers = self._json_headers if json is not None else self._api_headers
-        policy = self.retry
         what = f"{method} {path}"
         attempt = 0
         while True:
@@ -238,17 +237,7 @@ class Transport:
                     status = resp.status
                     resp_headers = resp.headers
             except _TRANSPORT_ERRORS as exc:
-                error = translate(exc, what)
-                if not should_retry(
-                    attempt=attempt,
-                    policy=policy,
-                    idempotent=idempotent,
-                    request_sent=error.request_sent,
-                ):
-                    raise error from exc
-                delay = backoff_delay(attempt - 1, policy)
-                self._log_retry(what, attempt, delay, str(error))
-                await anyio.sleep(delay)
+                await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
                 continue
 
             if log.isEnabledFor(logging.DEBUG):
@@ -268,6 +257,22 @@ class Transport:
             delay = self._delay_or_raise(status, resp_headers, body, attempt, idempotent, what)
             if delay > 0:
                 await anyio.sleep(delay)
+
+    def _delay_after_failure(
+        self, exc: BaseException, what: str, attempt: int, idempotent: bool
+    ) -> float:
+        """For a transport failure: raise it translated, or return how long to wait."""
+        error = translate(exc, what)
+        if not should_retry(
+            attempt=attempt,
+            policy=self.retry,
+            idempotent=idempotent,
+            request_sent=error.request_sent,
+        ):
+            raise error from exc
+        delay = backoff_delay(attempt - 1, self.retry)
+        self._log_retry(what, attempt, delay, str(error))
+        return delay
 
     def _delay_or_raise(
         self,
@@ -341,12 +346,7 @@ class Transport:
                     timeout=self._stream_timeout,
                 )
             except _TRANSPORT_ERRORS as exc:
-                error = translate(exc, what)
-                if not should_retry(attempt=attempt, policy=self.retry, idempotent=True):
-                    raise error from exc
-                delay = backoff_delay(attempt - 1, self.retry)
-                self._log_retry(what, attempt, delay, str(error))
-                await anyio.sleep(delay)
+                await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
                 continue
             if resp.status >= 400:
                 try:
