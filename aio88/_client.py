@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 import aiohttp
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from yarl import URL
 
 from ._config import (
@@ -22,9 +26,15 @@ from ._config import (
     Timeouts,
 )
 from ._http import Transport
+from ._poll import DEFAULT_WAIT_TIMEOUT, Clock, Kind, Outcome, Poller, Schedule, Task, Watch
 from ._resources import Generations, Videos
 
 __all__ = ["Client"]
+
+
+def _outcome_stream() -> tuple[MemoryObjectSendStream[Outcome], MemoryObjectReceiveStream[Outcome]]:
+    # Unbounded: the poller must never block on a slow consumer (outcomes are small).
+    return anyio.create_memory_object_stream[Outcome](math.inf)
 
 
 class _State(enum.Enum):
@@ -161,6 +171,89 @@ class Client:
             return
         self._state = _State.CLOSED
         await self._transport.aclose()
+
+    def poller(
+        self,
+        *,
+        concurrency: int = 64,
+        schedule: Schedule | None = None,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        on_update: Callable[[Task], object] | None = None,
+        clock: Clock | None = None,
+    ) -> Poller:
+        """A long-lived :class:`Poller` for web backends; run it with ``async with``::
+
+            async with client.poller(concurrency=64) as poller:
+                task = await poller.wait("task_abc", kind="video")
+
+        Many concurrent ``wait()`` calls for one id share one poll stream.
+
+        Args:
+            concurrency: The most poll requests in flight at once.
+            schedule: When to poll; the docs' tiers, progress-aware, by default.
+            timeout: The default deadline of each ``wait()``; ``None`` waits forever.
+            on_update: Called with a task whenever its status or progress changes.
+            clock: The time source; tests pass ``aio88.testing.ManualClock``.
+        """
+        return Poller(
+            self,
+            concurrency=concurrency,
+            schedule=schedule,
+            timeout=timeout,
+            on_update=on_update,
+            clock=clock,
+        )
+
+    @asynccontextmanager
+    async def watch(
+        self,
+        ids: Iterable[str | Task],
+        *,
+        kind: Kind = "video",
+        schedule: Schedule | None = None,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        batch_timeout: float | None = None,
+        concurrency: int = 64,
+        download_dir: str | os.PathLike[str] | None = None,
+        on_update: Callable[[Task], object] | None = None,
+        clock: Clock | None = None,
+    ) -> AsyncIterator[Watch]:
+        """Poll many tasks at once and yield each one's :class:`Outcome` as it finishes::
+
+            async with client.watch(ids, kind="video", concurrency=64) as outcomes:
+                async for outcome in outcomes:   # completion order, each id once
+                    print(outcome.id, outcome.ok, outcome.error)
+
+        One task's failure, timeout or bad id is an ``Outcome`` with ``.error``, never an
+        exception that ends the batch; only a refused key (401, 403) ends it, raised from
+        the iteration. Leaving the block early cancels everything cleanly.
+
+        Args:
+            ids: Task ids, or tasks (a task's type gives its kind).
+            kind: The kind of plain string ids: ``"generation"`` or ``"video"``.
+            schedule: When to poll; the docs' tiers, progress-aware, by default.
+            timeout: Each task's deadline in seconds from now; ``None``: no deadline.
+            batch_timeout: A deadline for the whole batch; what is left then times out.
+            concurrency: The most poll requests in flight at once.
+            download_dir: Save each succeeded video to ``<download_dir>/<id>.<format>``.
+            on_update: Called with a task whenever its status or progress changes.
+            clock: The time source; tests pass ``aio88.testing.ManualClock``.
+        """
+        poller = self.poller(
+            concurrency=concurrency,
+            schedule=schedule,
+            timeout=timeout,
+            on_update=on_update,
+            clock=clock,
+        )
+        send, receive = _outcome_stream()
+        async with poller, send, receive:
+            poller._sink = send
+            now = poller._clock.now()
+            deadline = math.inf if batch_timeout is None else now + batch_timeout
+            outcomes = Watch(poller, receive, send, kind, timeout, deadline)
+            outcomes.add(ids)
+            yield outcomes
 
     def _transport_for_use(self) -> Transport:
         """The transport, opening the client on first use; refuses a closed client."""

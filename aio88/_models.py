@@ -19,6 +19,7 @@ This module is a leaf: it imports nothing from aio88.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ __all__ = [
     "TaskError",
     "Video",
     "VideoMetadata",
+    "check_id",
     "decode_generation",
     "decode_video",
     "normalize_status",
@@ -57,6 +59,8 @@ class Status(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+
+_BAD_ID = re.compile(r"[/\\?#%\s\x00-\x1f\x7f]")
 
 _SUCCESS_WORDS = ("succeeded", "success", "completed", "complete", "succeed", "finished", "done")
 _FAILURE_WORDS = ("failed", "failure", "fail", "error", "cancelled", "canceled", "expired")
@@ -102,6 +106,23 @@ def parse_progress(value: object) -> int | None:
     if not isinstance(value, int | float) or value != value:  # NaN
         return None
     return 0 if value < 0 else 100 if value > 100 else int(value)
+
+
+def check_id(task_id: object, name: str = "task_id") -> str:
+    """Return ``task_id`` as a string fit for a URL path, or raise a clear error.
+
+    A task object is accepted for its ``.id``. Refusing these characters keeps an id from
+    changing which URL a request goes to (``../``, ``?``) or where a download is written.
+    """
+    value = getattr(task_id, "id", task_id)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str (or a task), got {type(value).__name__}")
+    if not value or value in (".", "..") or _BAD_ID.search(value):
+        raise ValueError(
+            f"{name} {value!r} is not a valid task id: it must be non-empty and contain "
+            "no '/', '\\', '?', '#', '%', whitespace or control characters"
+        )
+    return value
 
 
 class ResponseShapeError(ValueError):

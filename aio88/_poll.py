@@ -1,28 +1,90 @@
-"""When to poll, and waiting for one task.
+"""Polling: when to poll (:class:`Schedule`), and one scheduler for any number of tasks
+(:class:`Poller`), behind ``wait()``, ``client.watch()`` and ``client.poller()``.
 
-:class:`Schedule` decides the delay before each poll. :func:`wait_for_task` is the simple
-single-task loop behind ``generations.wait`` and ``videos.wait``.
+The poller keeps one min-heap of next-poll times and ``concurrency`` worker coroutines.
+Exactly one worker at a time (the leader, holding ``_take_lock``) sleeps until the top of
+the heap is due; the others queue on the lock. So 100,000 tracked tasks cost 100,000 small
+records and one heap, not 100,000 sleeping coroutines, and never more than ``concurrency``
+requests are in flight.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import TaskFailedError, WaitTimeoutError
-from ._models import Status
+from ._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
+from ._models import GenerationTask, Status, Video, check_id
+from ._retry import backoff_delay
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "Schedule", "wait_for_task"]
+if TYPE_CHECKING:
+    from ._client import Client
 
-#: How long ``wait()`` waits for a task unless told otherwise: 30 minutes.
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT",
+    "LOOP_CLOCK",
+    "Clock",
+    "Kind",
+    "Outcome",
+    "Poller",
+    "PollerStats",
+    "Schedule",
+    "Watch",
+    "estimate_eta",
+]
+
+log = logging.getLogger("aio88")
+
+#: How long a task is waited for unless told otherwise: 30 minutes.
 DEFAULT_WAIT_TIMEOUT = 30 * 60.0
 
 #: The 88API docs' polling tiers: (task age below which, delay between polls).
 DOCS_TIERS: tuple[tuple[float, float], ...] = ((30.0, 5.0), (120.0, 10.0), (math.inf, 30.0))
+
+#: Which API family a task belongs to: ``/v1/video/generations`` or ``/v1/videos``.
+Kind = Literal["generation", "video"]
+Task: TypeAlias = GenerationTask | Video
+Fetch: TypeAlias = Callable[[str], Awaitable[tuple[Task, float | None]]]
+
+_FATAL = (AuthenticationError, PermissionDeniedError)
+_TRANSIENT = (APIConnectionError, APIStatusError, APIResponseValidationError)
+
+
+# -- when to poll ------------------------------------------------------------------------
+
+
+def estimate_eta(
+    anchor_time: float, anchor_progress: int, now: float, progress: int
+) -> float | None:
+    """Seconds until a task reaches 100 %, from its progress rate since an anchor point.
+
+    Returns ``None`` while progress has not moved since the anchor (no rate to go on).
+    """
+    if progress <= anchor_progress or now <= anchor_time:
+        return None
+    rate = (progress - anchor_progress) / (now - anchor_time)
+    return (100 - progress) / rate
 
 
 class Schedule:
@@ -31,20 +93,39 @@ class Schedule:
     The default follows the 88API docs: first poll after about 2 s, then every 5 s until
     the task is 30 s old, every 10 s until 2 min, every 30 s after. Each delay is spread
     by ±10 % jitter so that thousands of tasks never poll in lock-step, and a server hint
-    (``openai-poll-after-ms``, or ``Retry-After`` on a 200) is honoured whenever a
-    response carries one.
+    (``openai-poll-after-ms``, or ``Retry-After`` on a 200) wins whenever a response
+    carries one.
+
+    When the server reports ``progress``, the schedule estimates the finish from the
+    progress rate and polls near it instead: fewer requests while the end is far, and an
+    earlier answer when it comes. Past the estimate it polls at ``floor``, backing off to
+    the tiers again. ``docs/benchmarks.md`` shows the effect on requests per task and
+    detection delay, and how the defaults below were chosen.
 
     Args:
         first: Seconds before the first poll of a task just created.
         tiers: ``(age_below, delay)`` pairs in increasing age; the last must cover ``inf``.
         jitter: The relative spread of each delay (0.1 = ±10 %).
-        floor: The shortest delay ever used, whatever a hint or estimate says.
+        floor: The shortest delay ever used, whatever a hint or an estimate says.
         use_server_hint: Whether to follow the server's poll-after hints.
+        progress_aware: Whether to poll near the finish estimated from progress.
+        aim: Where to poll relative to the estimated finish (0.9 = 90 % of the way there).
+        stretch: The longest silence the estimate may impose, as a multiple of the tier.
 
     Use :meth:`fixed` for a constant interval and :meth:`backoff` for geometric growth.
     """
 
-    __slots__ = ("_factor", "first", "floor", "jitter", "tiers", "use_server_hint")
+    __slots__ = (
+        "_factor",
+        "aim",
+        "first",
+        "floor",
+        "jitter",
+        "progress_aware",
+        "stretch",
+        "tiers",
+        "use_server_hint",
+    )
 
     def __init__(
         self,
@@ -54,6 +135,9 @@ class Schedule:
         jitter: float = 0.1,
         floor: float = 1.0,
         use_server_hint: bool = True,
+        progress_aware: bool = True,
+        aim: float = 0.9,
+        stretch: float = 2.0,
     ) -> None:
         if not tiers or tiers[-1][0] != math.inf:
             raise ValueError("Schedule tiers must end with an (inf, delay) tier")
@@ -61,17 +145,28 @@ class Schedule:
             raise ValueError(f"Schedule jitter must be in [0, 1), got {jitter}")
         if first < 0 or floor < 0 or any(delay <= 0 for _, delay in tiers):
             raise ValueError("Schedule delays must be positive")
+        if aim <= 0 or stretch < 1:
+            raise ValueError("Schedule needs aim > 0 and stretch >= 1")
         self.first = first
         self.tiers = tiers
         self.jitter = jitter
         self.floor = floor
         self.use_server_hint = use_server_hint
+        self.progress_aware = progress_aware
+        self.aim = aim
+        self.stretch = stretch
         self._factor: tuple[float, float, float] | None = None
 
     @classmethod
     def fixed(cls, seconds: float, *, jitter: float = 0.0) -> Schedule:
-        """Poll every ``seconds``, the first poll included."""
-        return cls(first=seconds, tiers=((math.inf, seconds),), jitter=jitter, floor=0.0)
+        """Poll every ``seconds``, the first poll included; progress is not used."""
+        return cls(
+            first=seconds,
+            tiers=((math.inf, seconds),),
+            jitter=jitter,
+            floor=0.0,
+            progress_aware=False,
+        )
 
     @classmethod
     def backoff(
@@ -81,12 +176,14 @@ class Schedule:
         ``max``: the docs' alternative client (2 s, 3 s, 4.5 s, ... 30 s)."""
         if initial <= 0 or factor < 1 or max < initial:
             raise ValueError("Schedule.backoff needs 0 < initial <= max and factor >= 1")
-        schedule = cls(first=initial, tiers=((math.inf, max),), jitter=jitter, floor=0.0)
+        schedule = cls(
+            first=initial, tiers=((math.inf, max),), jitter=jitter, floor=0.0, progress_aware=False
+        )
         schedule._factor = (initial, factor, max)
         return schedule
 
     def base_delay(self, age: float, polls: int) -> float:
-        """The delay before the next poll, before jitter and hints.
+        """The delay before the next poll from the tiers alone (no jitter, hint or estimate).
 
         Args:
             age: Seconds since the task was created (or first seen).
@@ -106,11 +203,24 @@ class Schedule:
         polls: int,
         hint: float | None = None,
         rand: Callable[[], float] = random.random,
+        eta: float | None = None,
     ) -> float:
-        """The jittered delay before the next poll, honouring a server hint if given."""
+        """The delay before the next poll.
+
+        Args:
+            age: Seconds since the task was created (or first seen).
+            polls: How many polls were made so far.
+            hint: The server's poll-after hint in seconds, if the last response had one.
+            rand: The random source for jitter (tests pass a constant).
+            eta: Estimated seconds until the task finishes (negative: overdue), if known.
+        """
         if hint is not None and self.use_server_hint:
             return max(self.floor, hint)
         delay = self.base_delay(age, polls)
+        if eta is not None and self.progress_aware:
+            # Before the estimate: aim near it, within reason. Overdue: poll soon, then
+            # back off towards the tiers again.
+            delay = min(eta * self.aim, delay * self.stretch) if eta > 0 else min(delay, -eta)
         if self.jitter:
             delay *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
         return max(self.floor, delay)
@@ -122,55 +232,551 @@ class Schedule:
         return f"Schedule(first={self.first:g}, tiers={self.tiers!r}, jitter={self.jitter:g})"
 
 
-class _Task(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def status(self) -> Status: ...
-    @property
-    def raw_status(self) -> str: ...
-    @property
-    def progress(self) -> int | None: ...
+# -- time ------------------------------------------------------------------------------
 
 
-T = TypeVar("T", bound=_Task)
+class Clock(Protocol):
+    """What the poller needs of time. The default is the event loop's clock;
+    ``aio88.testing.ManualClock`` is one that moves only when a test says so."""
+
+    def now(self) -> float:
+        """The current time in seconds (any origin)."""
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once ``now() >= deadline``."""
 
 
-async def wait_for_task(
-    fetch: Callable[[str], Awaitable[tuple[T, float | None]]],
-    task_id: str,
-    *,
-    timeout: float | None,
-    schedule: Schedule,
-    on_update: Callable[[T], object] | None = None,
-) -> T:
-    """Poll ``task_id`` until it is terminal; return it when it succeeded.
+class LoopClock:
+    """The event loop's clock (``anyio.current_time``)."""
 
-    ``fetch`` returns the task and the server's poll-after hint in seconds, if any.
-    The first poll is immediate (the task may already be done).
+    def now(self) -> float:
+        """The event loop's time."""
+        return anyio.current_time()
 
-    Raises:
-        TaskFailedError: The task failed.
-        WaitTimeoutError: ``timeout`` seconds passed first (``None`` waits forever).
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until the loop's time reaches ``deadline``."""
+        if deadline == math.inf:
+            await anyio.sleep_forever()
+        await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+
+
+LOOP_CLOCK = LoopClock()
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one task ended, as ``client.watch`` yields it.
+
+    Attributes:
+        id: The task id.
+        kind: ``"generation"`` or ``"video"``.
+        task: The task as last retrieved (``None`` if it never was).
+        error: Why it did not succeed: a :class:`TaskFailedError`, a
+            :class:`WaitTimeoutError`, a :class:`NotFoundError`, a download error, a
+            ``ValueError`` for an id that cannot be polled... ``None`` on success.
+        path: Where the video was saved, when the watch downloads.
     """
-    last: T | None = None
-    started = anyio.current_time()
-    polls = 0
-    with anyio.move_on_after(timeout) as scope:
+
+    id: str
+    kind: Kind
+    task: Task | None = None
+    error: BaseException | None = None
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task succeeded (and, when downloading, its file is saved)."""
+        return self.error is None and self.task is not None and self.task.status is Status.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class PollerStats:
+    """A snapshot of a poller's work.
+
+    Attributes:
+        tracked: Tasks being polled now.
+        in_flight: Poll requests under way now.
+        polls: Poll requests made (retries inside the client not counted).
+        finished: Tasks that reached an outcome.
+        errors: Polls that failed transiently and were rescheduled.
+        rate_limited: 429 answers the client has seen.
+        concurrency: The concurrency in force now (lowered after a 429, then regrown).
+    """
+
+    tracked: int
+    in_flight: int
+    polls: int
+    finished: int
+    errors: int
+    rate_limited: int
+    concurrency: int
+
+
+# -- the poller --------------------------------------------------------------------------
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+class _Tracked:
+    """One task's polling state. Kept small: there may be a million of them."""
+
+    __slots__ = (
+        "anchor_p",
+        "anchor_t",
+        "deadline",
+        "failures",
+        "id",
+        "kind",
+        "live",
+        "polls",
+        "started",
+        "task",
+        "timeout",
+        "waiters",
+        "watched",
+    )
+
+    def __init__(self, task_id: str, kind: Kind, started: float, deadline: float, timeout: float):
+        self.id = task_id
+        self.kind: Kind = kind
+        self.started = started
+        self.deadline = deadline
+        self.timeout = timeout
+        self.polls = 0
+        self.failures = 0
+        self.task: Task | None = None
+        self.anchor_t = 0.0
+        self.anchor_p = -1
+        self.live = True
+        self.watched = False
+        self.waiters: list[_Waiter] | None = None
+
+
+class Poller:
+    """One scheduler polling any number of tasks with at most ``concurrency`` requests in
+    flight. Create it with ``client.poller(...)``; it runs inside ``async with``::
+
+        async with client.poller(concurrency=64) as poller:   # e.g. in an app's lifespan
+            task = await poller.wait("task_abc", kind="video")  # from any request handler
+
+    Concurrent ``wait()`` calls for one id share one poll stream; a cancelled waiter does
+    not disturb the others; tasks can be added at any time. Every poll draws from the
+    client's rate budget, and a 429 halves the poller's concurrency, which then grows
+    back by one slot per window of successful polls.
+
+    Args:
+        client: The client whose requests it makes.
+        concurrency: The most poll requests in flight at once.
+        schedule: When to poll (the 88API docs' tiers, progress-aware, by default).
+        timeout: The default deadline per task, in seconds; ``None`` waits forever.
+        on_update: Called with a task whenever its status or progress changes.
+        clock: The time source (tests pass ``aio88.testing.ManualClock``).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        concurrency: int = 64,
+        schedule: Schedule | None = None,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        on_update: Callable[[Task], object] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self._client = client
+        self._fetchers: dict[str, Fetch] = {
+            "generation": client.generations._fetch,
+            "video": client.videos._fetch,
+        }
+        self.concurrency = concurrency
+        self.schedule = schedule or Schedule()
+        self.timeout = timeout
+        self.on_update = on_update
+        self._clock: Clock = clock or LOOP_CLOCK
+        self._heap: list[tuple[float, int, _Tracked]] = []
+        self._tracked: dict[str, _Tracked] = {}
+        self._seq = itertools.count()
+        self._take_lock = anyio.Lock()
+        self._sleep_scope: anyio.CancelScope | None = None
+        self._sleeping_until = math.inf
+        self._tg: TaskGroup | None = None
+        self._sink: MemoryObjectSendStream[Outcome] | None = None
+        self._fatal: BaseException | None = None
+        # Adaptive concurrency: workers numbered >= _limit stand by.
+        self._limit = float(concurrency)
+        self._grown = anyio.Event()
+        self._polls = 0
+        self._finished = 0
+        self._errors = 0
+        self._in_flight = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Poller:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        for index in range(self.concurrency):
+            self._tg.start_soon(self._worker, index)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        # The workers only ever end by this cancellation; whatever the body raised
+        # propagates as it is, not wrapped in an ExceptionGroup.
+        await tg.__aexit__(None, None, None)
+        return None
+
+    # -- tracking ----------------------------------------------------------------------
+
+    def add(
+        self,
+        task_id: str,
+        *,
+        kind: Kind = "video",
+        timeout: float | Literal["default"] | None = "default",
+        fresh: bool = False,
+    ) -> None:
+        """Start polling ``task_id`` (if not polled already) and report its outcome to the
+        watch this poller serves.
+
+        Args:
+            task_id: The task id (already validated).
+            kind: Which API family it belongs to.
+            timeout: Its deadline in seconds from now; the poller's default if omitted.
+            fresh: The task was just created: wait ``schedule.first`` before the first poll
+                (otherwise the first poll is immediate: it may be done already).
+        """
+        entry = self._track(task_id, kind, self.timeout if timeout == "default" else timeout, fresh)
+        entry.watched = True
+
+    def _track(self, task_id: str, kind: Kind, timeout: float | None, fresh: bool) -> _Tracked:
+        entry = self._tracked.get(task_id)
+        now = self._clock.now()
+        deadline = math.inf if timeout is None else now + timeout
+        if entry is not None:
+            entry.deadline = max(entry.deadline, deadline)
+            return entry
+        entry = _Tracked(task_id, kind, now, deadline, math.inf if timeout is None else timeout)
+        self._tracked[task_id] = entry
+        self._push(entry, now + self.schedule.first if fresh else now)
+        return entry
+
+    def _push(self, entry: _Tracked, due: float) -> None:
+        if due > entry.deadline:
+            due = entry.deadline
+        heapq.heappush(self._heap, (due, next(self._seq), entry))
+        if due < self._sleeping_until and self._sleep_scope is not None:
+            self._sleep_scope.cancel()  # the leader sleeps too long now: wake it
+
+    def _drop(self, entry: _Tracked) -> None:
+        """Stop polling ``entry`` (its heap item is skipped when popped)."""
+        entry.live = False
+        if self._tracked.get(entry.id) is entry:
+            del self._tracked[entry.id]
+
+    async def wait(
+        self,
+        task_id: str | Task,
+        *,
+        kind: Kind | None = None,
+        timeout: float | Literal["default"] | None = "default",
+    ) -> Task:
+        """Wait for a task to finish and return it once it succeeded.
+
+        Concurrent calls for the same id share one poll stream. Cancelling one call (say,
+        the HTTP client went away) leaves the others served; when the last one leaves,
+        polling stops unless the task is also watched.
+
+        Args:
+            task_id: The task id, or the task (whose type gives ``kind``).
+            kind: ``"generation"`` or ``"video"``; default: from the task, else ``"video"``.
+            timeout: Seconds to wait; the poller's default if omitted; ``None``: forever.
+
+        Raises:
+            TaskFailedError: The task failed.
+            WaitTimeoutError: ``timeout`` passed first (the task goes on on the server).
+            NotFoundError: No such task.
+            AuthenticationError: The key was refused.
+        """
+        resolved_kind = kind or _kind_of(task_id)
+        task_id = check_id(task_id)
+        if self._tg is None:
+            raise RuntimeError("the poller is not running: use `async with client.poller()`")
+        limit = self.timeout if timeout == "default" else timeout
+        entry = self._track(task_id, resolved_kind, limit, fresh=False)
+        waiter = _Waiter()
+        if entry.waiters is None:
+            entry.waiters = []
+        entry.waiters.append(waiter)
+        deadline = math.inf if limit is None else self._clock.now() + limit
+        try:
+            arrived = await self._wait_event(waiter.event, deadline)
+        finally:
+            if waiter.outcome is None and entry.waiters is not None:
+                entry.waiters.remove(waiter)
+                if not entry.waiters and not entry.watched and entry.live:
+                    self._drop(entry)
+        if not arrived or waiter.outcome is None:
+            raise WaitTimeoutError(task_id, math.inf if limit is None else limit, entry.task)
+        outcome = waiter.outcome
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.task is not None
+        return outcome.task
+
+    async def _wait_event(self, event: anyio.Event, deadline: float) -> bool:
+        """Wait for ``event`` until ``deadline`` on the poller's clock; False on timeout."""
+        clock = self._clock
+        if deadline == math.inf:
+            await event.wait()
+        elif clock is LOOP_CLOCK:
+            with anyio.move_on_after(deadline - clock.now()):
+                await event.wait()
+        else:
+            async with anyio.create_task_group() as tg:
+
+                async def alarm() -> None:
+                    await clock.sleep_until(deadline)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(alarm)
+                await event.wait()
+                tg.cancel_scope.cancel()
+        return event.is_set()
+
+    def stats(self) -> PollerStats:
+        """What the poller is doing and has done."""
+        return PollerStats(
+            tracked=len(self._tracked),
+            in_flight=self._in_flight,
+            polls=self._polls,
+            finished=self._finished,
+            errors=self._errors,
+            rate_limited=self._client._transport.rate_limited,
+            concurrency=int(self._limit),
+        )
+
+    # -- the scheduler -----------------------------------------------------------------
+
+    async def _take(self) -> _Tracked:
+        """The next due task; the caller is the only worker sleeping for it."""
+        async with self._take_lock:
+            heap, clock = self._heap, self._clock
+            while True:
+                now = clock.now()
+                while heap and heap[0][0] <= now:
+                    entry = heapq.heappop(heap)[2]
+                    if entry.live:
+                        return entry
+                due = heap[0][0] if heap else math.inf
+                scope = self._sleep_scope = anyio.CancelScope()
+                self._sleeping_until = due
+                with scope:
+                    await clock.sleep_until(due)
+                self._sleep_scope = None
+                self._sleeping_until = math.inf
+
+    async def _worker(self, index: int) -> None:
         while True:
-            task, hint = await fetch(task_id)
-            polls += 1
-            if on_update is not None and (
-                last is None or task.raw_status != last.raw_status or task.progress != last.progress
-            ):
-                on_update(task)
-            last = task
-            status = task.status
-            if status is Status.SUCCEEDED:
-                return task
-            if status is Status.FAILED:
-                raise TaskFailedError(task)
-            age = anyio.current_time() - started
-            await anyio.sleep(schedule.next_delay(age, polls, hint))
-    assert scope.cancelled_caught
-    raise WaitTimeoutError(task_id, timeout if timeout is not None else math.inf, last)
+            while index >= self._limit:  # stood down after a 429
+                await self._grown.wait()
+            entry = await self._take()
+            if self._clock.now() >= entry.deadline:
+                self._finish(
+                    entry, entry.task, WaitTimeoutError(entry.id, entry.timeout, entry.task)
+                )
+                continue
+            await self._poll(entry)
+
+    async def _poll(self, entry: _Tracked) -> None:
+        transport = self._client._transport
+        limited_before = transport.rate_limited
+        self._in_flight += 1
+        self._polls += 1
+        entry.polls += 1
+        try:
+            task, hint = await self._fetchers[entry.kind](entry.id)
+        except _FATAL as exc:
+            self._on_fatal(exc)
+            self._finish(entry, entry.task, exc)
+            return
+        except NotFoundError as exc:
+            self._finish(entry, entry.task, exc)
+            return
+        except _TRANSIENT as exc:
+            self._errors += 1
+            entry.failures += 1
+            if transport.rate_limited != limited_before:
+                self._congested()
+            delay = (
+                backoff_delay(entry.failures, self._client._transport.retry) + self.schedule.floor
+            )
+            log.debug("poll %s failed (%s); again in %.1fs", entry.id, exc, delay)
+            if entry.live:
+                self._push(entry, self._clock.now() + delay)
+            return
+        finally:
+            self._in_flight -= 1
+
+        if transport.rate_limited != limited_before:
+            self._congested()
+        elif self._limit < self.concurrency:
+            self._regrow()
+        entry.failures = 0
+        previous, entry.task = entry.task, task
+        status = task.status
+        progress = task.progress
+        if previous is None or (
+            task.raw_status != previous.raw_status or progress != previous.progress
+        ):
+            self._updated(task)
+        if status is Status.SUCCEEDED:
+            self._finish(entry, task, None)
+        elif status is Status.FAILED:
+            self._finish(entry, task, TaskFailedError(task))
+        elif entry.live:
+            now = self._clock.now()
+            eta = None
+            if progress is not None and status is Status.IN_PROGRESS:
+                if entry.anchor_p < 0:
+                    entry.anchor_t, entry.anchor_p = now, progress
+                else:
+                    eta = estimate_eta(entry.anchor_t, entry.anchor_p, now, progress)
+            delay = self.schedule.next_delay(now - entry.started, entry.polls, hint, eta=eta)
+            self._push(entry, now + delay)
+
+    def _updated(self, task: Task) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s: %s %s", task.id, task.raw_status, task.progress)
+        if self.on_update is not None:
+            self.on_update(task)
+
+    def _finish(self, entry: _Tracked, task: Task | None, error: BaseException | None) -> None:
+        self._drop(entry)
+        self._finished += 1
+        outcome = Outcome(entry.id, entry.kind, task, error)
+        for waiter in entry.waiters or ():
+            waiter.outcome = outcome
+            waiter.event.set()
+        entry.waiters = None
+        if entry.watched and self._sink is not None:
+            self._sink.send_nowait(outcome)
+
+    # -- congestion ----------------------------------------------------------------------
+
+    def _congested(self) -> None:
+        """A 429: halve the concurrency (multiplicative decrease)."""
+        self._limit = max(1.0, self._limit / 2)
+
+    def _regrow(self) -> None:
+        """A clean poll: one more slot per window of successes (additive increase)."""
+        before = int(self._limit)
+        self._limit = min(float(self.concurrency), self._limit + 1.0 / self._limit)
+        if int(self._limit) > before:
+            grown, self._grown = self._grown, anyio.Event()
+            grown.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        """401/403: every task would fail the same way; end the watch this poller serves."""
+        if self._fatal is None:
+            self._fatal = exc
+            if self._sink is not None:
+                self._sink.close()
+
+
+def _kind_of(task: object) -> Kind:
+    return "generation" if isinstance(task, GenerationTask) else "video"
+
+
+# -- watch -------------------------------------------------------------------------------
+
+
+class Watch:
+    """The outcomes of a ``client.watch(...)``, in completion order, each id once::
+
+        async with client.watch(ids, kind="video") as outcomes:
+            async for outcome in outcomes:
+                ...
+
+    Add more ids while it runs with :meth:`add`; ``pending`` says how many are still out.
+    """
+
+    def __init__(
+        self,
+        poller: Poller,
+        receive: MemoryObjectReceiveStream[Outcome],
+        send: MemoryObjectSendStream[Outcome],
+        kind: Kind,
+        timeout: float | None,
+        deadline: float,
+    ) -> None:
+        self._poller = poller
+        self._receive = receive
+        self._send = send
+        self._kind: Kind = kind
+        self._timeout = timeout
+        self._deadline = deadline
+        self._seen: set[str] = set()
+        self.pending = 0
+        """Ids added whose outcome has not been yielded yet."""
+
+    def add(self, ids: Iterable[str | Task], *, kind: Kind | None = None) -> None:
+        """Watch more tasks. Ids already watched are ignored; an id that cannot be polled
+        becomes an :class:`Outcome` with a ``ValueError``."""
+        poller = self._poller
+        for item in ids:
+            task_kind = kind or (_kind_of(item) if not isinstance(item, str) else self._kind)
+            try:
+                task_id = check_id(item)
+            except (TypeError, ValueError) as exc:
+                self.pending += 1
+                self._send.send_nowait(
+                    Outcome(str(getattr(item, "id", item)), task_kind, None, exc)
+                )
+                continue
+            if task_id in self._seen:
+                continue
+            self._seen.add(task_id)
+            self.pending += 1
+            timeout = self._timeout
+            remaining = self._deadline - poller._clock.now()
+            if remaining < (math.inf if timeout is None else timeout):
+                timeout = max(0.0, remaining)
+            poller.add(task_id, kind=task_kind, timeout=timeout)
+
+    def __aiter__(self) -> AsyncIterator[Outcome]:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        if self.pending <= 0:
+            raise StopAsyncIteration
+        try:
+            outcome = await self._receive.receive()
+        except anyio.EndOfStream:
+            fatal = self._poller._fatal
+            assert fatal is not None
+            raise fatal from None
+        self.pending -= 1
+        return outcome
+
+    def stats(self) -> PollerStats:
+        """The underlying poller's statistics."""
+        return self._poller.stats()

@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, Union
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, Union, cast
 
 import aiohttp
 import anyio
@@ -22,44 +21,27 @@ from ._models import (
     GenerationTask,
     ResponseShapeError,
     Video,
+    check_id,
     decode_generation,
     decode_video,
 )
-from ._poll import DEFAULT_WAIT_TIMEOUT, Schedule, wait_for_task
+from ._poll import DEFAULT_WAIT_TIMEOUT, Kind, Poller, Schedule
 from ._retry import parse_retry_after
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._http import Response, Transport
 
-__all__ = ["Generations", "VideoContent", "Videos", "check_id", "poll_hint"]
+__all__ = ["Generations", "VideoContent", "Videos", "poll_hint"]
 
 #: A reference image for ``videos.create``: a path, the bytes, or an open binary file.
 FileInput = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
 
-_BAD_ID = re.compile(r"[/\\?#%\s\x00-\x1f\x7f]")
-_DEFAULT_SCHEDULE = Schedule()
 _json_encode = msgspec.json.encode
 TaskT = TypeVar("TaskT", GenerationTask, Video)
 
 #: Content types that mean "an error message", not a video.
 _NOT_VIDEO_TYPES = ("application/json", "text/", "application/problem+json")
-
-
-def check_id(task_id: object, name: str = "task_id") -> str:
-    """Return ``task_id`` as a string fit for a URL path, or raise a clear error.
-
-    A task object is accepted for its ``.id``.
-    """
-    value = getattr(task_id, "id", task_id)
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str (or a task), got {type(value).__name__}")
-    if not value or value in (".", "..") or _BAD_ID.search(value):
-        raise ValueError(
-            f"{name} {value!r} is not a valid task id: it must be non-empty and contain "
-            "no '/', '\\', '?', '#', '%', whitespace or control characters"
-        )
-    return value
 
 
 def _check_text(value: object, name: str) -> str:
@@ -108,6 +90,7 @@ class _Resource(Generic[TaskT]):
     """What both task families share: retrieve, wait, and the path they live under."""
 
     _path: str
+    _kind: Kind
     _decode: Callable[[bytes], TaskT]
 
     def __init__(self, client: Client) -> None:
@@ -154,19 +137,22 @@ class _Resource(Generic[TaskT]):
             TaskFailedError: The task failed; ``.task.error`` says why.
             WaitTimeoutError: The deadline passed first; the task goes on on the server.
         """
-        return await wait_for_task(
-            self._fetch,
-            check_id(task_id),
-            timeout=timeout,
-            schedule=schedule or _DEFAULT_SCHEDULE,
-            on_update=on_update,
+        task_id = check_id(task_id)
+        # The poller calls on_update only with tasks of this resource's kind.
+        update = cast("Callable[[GenerationTask | Video], object] | None", on_update)
+        poller = Poller(
+            self._client, concurrency=1, schedule=schedule, timeout=timeout, on_update=update
         )
+        async with poller:
+            task = await poller.wait(task_id, kind=self._kind, timeout=timeout)
+        return cast(TaskT, task)
 
 
 class Generations(_Resource[GenerationTask]):
     """Tasks of the 88API format, ``/v1/video/generations`` (Kling, Jimeng, Vidu, Veo)."""
 
     _path = "/v1/video/generations"
+    _kind = "generation"
     _decode = staticmethod(decode_generation)
 
     async def create(
@@ -310,6 +296,7 @@ class Videos(_Resource[Video]):
     and the finished file's content."""
 
     _path = "/v1/videos"
+    _kind = "video"
     _decode = staticmethod(decode_video)
 
     async def create(
