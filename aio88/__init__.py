@@ -33,7 +33,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import GenerationTask, Status, TaskError, Video, VideoMetadata
-from ._poll import Schedule
+from ._poll import Clock, Outcome, Poller, PollerStats, Schedule, Watch
 from ._resources import Generations, VideoContent, Videos
 from ._version import __version__
 
@@ -47,6 +47,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "Clock",
     "ConflictError",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
@@ -55,7 +56,10 @@ __all__ = [
     "Generations",
     "InternalServerError",
     "NotFoundError",
+    "Outcome",
     "PermissionDeniedError",
+    "Poller",
+    "PollerStats",
     "RateLimitError",
     "RetryPolicy",
     "Schedule",
@@ -69,6 +73,7 @@ __all__ = [
     "VideoMetadata",
     "Videos",
     "WaitTimeoutError",
+    "Watch",
     "__version__",
 ]
 

@@ -677,7 +677,7 @@ class Poller:
             waiter.outcome = outcome
             waiter.event.set()
         entry.waiters = None
-        if entry.watched and self._sink is not None:
+        if entry.watched and self._sink is not None and self._fatal is None:
             self._sink.send_nowait(outcome)
 
     # -- congestion ----------------------------------------------------------------------
