@@ -129,7 +129,7 @@ class ResponseShapeError(ValueError):
     """A body that decoded as JSON but is not a task (no id at all)."""
 
 
-class TaskError(msgspec.Struct, kw_only=True, omit_defaults=True):
+class TaskError(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Why a task failed, as the server put it.
 
     Attributes:
@@ -142,7 +142,7 @@ class TaskError(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str | None = None
 
 
-class VideoMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
+class VideoMetadata(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """The ``metadata`` object of a task: technical facts and sometimes the video URL.
 
     Vendors fill it differently, so every field is optional and loosely typed.
@@ -156,8 +156,12 @@ class VideoMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     url: str | None = None
 
 
-class _Task(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The fields and read-only surface both task shapes share."""
+class _Task(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """The fields and read-only surface both task shapes share.
+
+    ``gc=False``: a task holds only strings, numbers and other such structs, never a
+    cycle, so the garbage collector need not track the many a poller keeps.
+    """
 
     task_id: str | None = None
     _id: str | int | None = msgspec.field(default=None, name="id")
@@ -252,7 +256,7 @@ class _Task(msgspec.Struct, kw_only=True, omit_defaults=True):
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-class GenerationTask(_Task, kw_only=True, omit_defaults=True):
+class GenerationTask(_Task, kw_only=True, omit_defaults=True, gc=False):
     """A task of the 88API format (``/v1/video/generations``): Kling, Jimeng, Vidu, Veo.
 
     Read ``.id``, ``.status``, ``.progress``, ``.url`` and ``.error``; the other fields are
@@ -266,7 +270,7 @@ class GenerationTask(_Task, kw_only=True, omit_defaults=True):
     finish_time: int | float | None = None
 
 
-class Video(_Task, kw_only=True, omit_defaults=True):
+class Video(_Task, kw_only=True, omit_defaults=True, gc=False):
     """A task of the OpenAI/Sora format (``/v1/videos``).
 
     Read ``.id``, ``.status``, ``.progress``, ``.url`` and ``.error``; ``expires_at`` says
@@ -291,6 +295,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     task = decoder.decode(body)
     if task._status is None and len(task._data) >= _ENVELOPE_MIN:
         task = decoder.decode(task._data)  # {"code": "success", "data": {...}}
+        if task._data:
+            # The vendor payload is a view of the whole body: copy it out so a task kept
+            # for long (a poller holds thousands) does not keep the response alive.
+            task._data = task._data.copy()
     if not task.id:
         raise ResponseShapeError("the response has no task id (neither `task_id` nor `id`)")
     return task

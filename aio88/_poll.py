@@ -10,11 +10,12 @@ requests are in flight.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-import itertools
 import logging
 import math
 import random
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "Schedule",
     "Watch",
     "estimate_eta",
+    "plan_delay",
 ]
 
 log = logging.getLogger("aio88")
@@ -87,6 +89,36 @@ def estimate_eta(
     return (100 - progress) / rate
 
 
+class _ProgressState(Protocol):
+    started: float
+    polls: int
+    anchor_t: float
+    anchor_p: int
+
+
+def plan_delay(
+    schedule: Schedule,
+    state: _ProgressState,
+    now: float,
+    status: Status,
+    progress: int | None,
+    hint: float | None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The delay before a pending task's next poll, given what the last poll saw.
+
+    The first in-progress observation anchors the progress rate; later ones estimate the
+    finish from it. The poller and the schedule benchmark both decide through here.
+    """
+    eta = None
+    if progress is not None and status is Status.IN_PROGRESS:
+        if state.anchor_p < 0:
+            state.anchor_t, state.anchor_p = now, progress
+        else:
+            eta = estimate_eta(state.anchor_t, state.anchor_p, now, progress)
+    return schedule.next_delay(now - state.started, state.polls, hint, rand, eta)
+
+
 class Schedule:
     """When to poll a task: the delay before the first poll and between polls.
 
@@ -109,7 +141,7 @@ class Schedule:
         floor: The shortest delay ever used, whatever a hint or an estimate says.
         use_server_hint: Whether to follow the server's poll-after hints.
         progress_aware: Whether to poll near the finish estimated from progress.
-        aim: Where to poll relative to the estimated finish (0.9 = 90 % of the way there).
+        aim: Where to poll relative to the estimated finish (0.7 = 70 % of the way there).
         stretch: The longest silence the estimate may impose, as a multiple of the tier.
 
     Use :meth:`fixed` for a constant interval and :meth:`backoff` for geometric growth.
@@ -136,7 +168,7 @@ class Schedule:
         floor: float = 1.0,
         use_server_hint: bool = True,
         progress_aware: bool = True,
-        aim: float = 0.9,
+        aim: float = 0.7,
         stretch: float = 2.0,
     ) -> None:
         if not tiers or tiers[-1][0] != math.inf:
@@ -212,15 +244,20 @@ class Schedule:
             polls: How many polls were made so far.
             hint: The server's poll-after hint in seconds, if the last response had one.
             rand: The random source for jitter (tests pass a constant).
-            eta: Estimated seconds until the task finishes (negative: overdue), if known.
+            eta: Estimated seconds until the task finishes, if known (see :func:`plan_delay`).
         """
         if hint is not None and self.use_server_hint:
             return max(self.floor, hint)
         delay = self.base_delay(age, polls)
         if eta is not None and self.progress_aware:
-            # Before the estimate: aim near it, within reason. Overdue: poll soon, then
-            # back off towards the tiers again.
-            delay = min(eta * self.aim, delay * self.stretch) if eta > 0 else min(delay, -eta)
+            if eta <= 0:
+                return self.floor  # progress says it is done: the status should follow
+            target = eta * self.aim
+            if target < delay * self.stretch:
+                # No jitter here: every task's estimate differs already, and jitter on a
+                # long estimate would only make the finish seen later.
+                return max(self.floor, target)
+            delay *= self.stretch
         if self.jitter:
             delay *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
         return max(self.floor, delay)
@@ -247,17 +284,18 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The event loop's clock (``anyio.current_time``)."""
+    """The event loop's clock. aiohttp runs on asyncio only, so this reads asyncio's
+    loop time directly (``anyio.current_time`` would look the backend up each call)."""
 
     def now(self) -> float:
         """The event loop's time."""
-        return anyio.current_time()
+        return asyncio.get_running_loop().time()
 
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until the loop's time reaches ``deadline``."""
         if deadline == math.inf:
             await anyio.sleep_forever()
-        await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
 LOOP_CLOCK = LoopClock()
@@ -340,17 +378,15 @@ class _Tracked:
         "polls",
         "started",
         "task",
-        "timeout",
         "waiters",
         "watched",
     )
 
-    def __init__(self, task_id: str, kind: Kind, started: float, deadline: float, timeout: float):
+    def __init__(self, task_id: str, kind: Kind, started: float, deadline: float) -> None:
         self.id = task_id
         self.kind: Kind = kind
         self.started = started
         self.deadline = deadline
-        self.timeout = timeout
         self.polls = 0
         self.failures = 0
         self.task: Task | None = None
@@ -359,6 +395,32 @@ class _Tracked:
         self.live = True
         self.watched = False
         self.waiters: list[_Waiter] | None = None
+
+    @property
+    def timeout(self) -> float:
+        """The deadline as seconds from the start of tracking."""
+        return round(self.deadline - self.started, 9)  # as given, without float residue
+
+    def __lt__(self, other: _Tracked) -> bool:
+        # Heap items are (due, entry): entries are compared only when two are due at the
+        # very same instant, and then any order will do.
+        return False
+
+
+_INTERNED_FIELDS = ("_status", "model", "object", "size", "seconds", "format", "platform", "action")
+
+
+def _compact(task: Task) -> Task:
+    """Shrink a task the poller keeps: one id string instead of two, and the strings
+    that repeat across thousands of tasks (status, model, size) shared."""
+    if task._id == task.task_id:
+        task._id = task.task_id
+    intern = sys.intern
+    for name in _INTERNED_FIELDS:
+        value = getattr(task, name, None)
+        if type(value) is str:
+            setattr(task, name, intern(value))
+    return task
 
 
 class Poller:
@@ -404,9 +466,8 @@ class Poller:
         self.timeout = timeout
         self.on_update = on_update
         self._clock: Clock = clock or LOOP_CLOCK
-        self._heap: list[tuple[float, int, _Tracked]] = []
+        self._heap: list[tuple[float, _Tracked]] = []
         self._tracked: dict[str, _Tracked] = {}
-        self._seq = itertools.count()
         self._take_lock = anyio.Lock()
         self._sleep_scope: anyio.CancelScope | None = None
         self._sleeping_until = math.inf
@@ -474,7 +535,7 @@ class Poller:
         if entry is not None:
             entry.deadline = max(entry.deadline, deadline)
             return entry
-        entry = _Tracked(task_id, kind, now, deadline, math.inf if timeout is None else timeout)
+        entry = _Tracked(task_id, kind, now, deadline)
         self._tracked[task_id] = entry
         self._push(entry, now + self.schedule.first if fresh else now)
         return entry
@@ -482,7 +543,7 @@ class Poller:
     def _push(self, entry: _Tracked, due: float) -> None:
         if due > entry.deadline:
             due = entry.deadline
-        heapq.heappush(self._heap, (due, next(self._seq), entry))
+        heapq.heappush(self._heap, (due, entry))
         if due < self._sleeping_until and self._sleep_scope is not None:
             self._sleep_scope.cancel()  # the leader sleeps too long now: wake it
 
@@ -583,7 +644,7 @@ class Poller:
             while True:
                 now = clock.now()
                 while heap and heap[0][0] <= now:
-                    entry = heapq.heappop(heap)[2]
+                    entry = heapq.heappop(heap)[1]
                     if entry.live:
                         return entry
                 due = heap[0][0] if heap else math.inf
@@ -641,7 +702,7 @@ class Poller:
         elif self._limit < self.concurrency:
             self._regrow()
         entry.failures = 0
-        previous, entry.task = entry.task, task
+        previous, entry.task = entry.task, _compact(task)
         status = task.status
         progress = task.progress
         if previous is None or (
@@ -654,14 +715,7 @@ class Poller:
             self._finish(entry, task, TaskFailedError(task))
         elif entry.live:
             now = self._clock.now()
-            eta = None
-            if progress is not None and status is Status.IN_PROGRESS:
-                if entry.anchor_p < 0:
-                    entry.anchor_t, entry.anchor_p = now, progress
-                else:
-                    eta = estimate_eta(entry.anchor_t, entry.anchor_p, now, progress)
-            delay = self.schedule.next_delay(now - entry.started, entry.polls, hint, eta=eta)
-            self._push(entry, now + delay)
+            self._push(entry, now + plan_delay(self.schedule, entry, now, status, progress, hint))
 
     def _updated(self, task: Task) -> None:
         if log.isEnabledFor(logging.DEBUG):
