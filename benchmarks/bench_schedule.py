@@ -100,7 +100,7 @@ def simulate(schedule: Schedule, tasks: list[EmulatedTask], model: str, seed: in
         observe = observer(task, model, rng)
         finish = task.finished_at()
         assert finish is not None
-        state = _Tracked(task.id, "video", 0.0, math.inf, math.inf)
+        state = _Tracked(task.id, "video", 0.0, math.inf)
         t = schedule.first
         while True:
             requests += 1
