@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 
 import aiohttp
@@ -25,7 +26,10 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
+from ._download import DownloadQueue, download
+from ._errors import DownloadError
 from ._http import Transport
+from ._models import GenerationTask, Video
 from ._poll import DEFAULT_WAIT_TIMEOUT, Clock, Kind, Outcome, Poller, Schedule, Task, Watch
 from ._resources import Generations, Videos
 
@@ -79,6 +83,7 @@ class Client:
             client either way.
         headers: Extra headers for every API request (never sent to other origins).
         session: Your own ``aiohttp.ClientSession``; the client then does not close it.
+        download_concurrency: Most downloads streaming at once, across the client.
 
     Raises:
         ValueError: No API key, or a malformed ``base_url``.
@@ -100,6 +105,7 @@ class Client:
         rate_limit: float | None = None,
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        download_concurrency: int = 8,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
         if not key.strip():
@@ -109,6 +115,9 @@ class Client:
             )
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if download_concurrency < 1:
+            raise ValueError(f"download_concurrency must be at least 1, got {download_concurrency}")
+        self._download_concurrency = download_concurrency
         if headers and any(name.lower() == "authorization" for name in headers):
             raise ValueError("pass the key as api_key, not as an Authorization header")
         self._state = _State.UNOPENED
@@ -163,6 +172,7 @@ class Client:
         if self._state is _State.OPEN:
             raise RuntimeError("this aio88.Client is already open; enter it only once")
         self._transport.open()
+        self._download_slots = anyio.Semaphore(self._download_concurrency)
         self._state = _State.OPEN
 
     async def aclose(self) -> None:
@@ -171,6 +181,59 @@ class Client:
             return
         self._state = _State.CLOSED
         await self._transport.aclose()
+
+    async def download(
+        self,
+        task_or_url: GenerationTask | Video | str,
+        dest: str | os.PathLike[str],
+        *,
+        resume: bool = True,
+        overwrite: bool = False,
+        sha256: str | None = None,
+        on_progress: Callable[[int, int | None], object] | None = None,
+        fsync: bool = False,
+    ) -> Path:
+        """Save a finished video to ``dest``, safely::
+
+            path = await client.download(task, "videos/fox.mp4")
+
+        The bytes stream to ``<dest>.part`` and are renamed to ``dest`` only when
+        complete and verified, so nothing truncated is ever at ``dest``. An interrupted
+        download (dropped connection, crash, cancellation) resumes from its ``.part``
+        with ``Range``; a server that ignores ranges is restarted cleanly.
+
+        An existing ``dest`` counts as finished (aio88 only ever creates it whole), so a
+        re-run fetches nothing: pass ``sha256`` to prove it, or ``overwrite=True`` to
+        fetch again.
+
+        Args:
+            task_or_url: A task (its ``url``, falling back to the API's content endpoint
+                when that link has expired), a video id, or an absolute URL. The API key
+                goes only to the API's own origin.
+            dest: The file to write.
+            resume: Continue an existing ``.part`` (else start over).
+            overwrite: Fetch again even if ``dest`` exists.
+            sha256: The expected hex SHA-256; a mismatch discards the file.
+            on_progress: Called with ``(bytes_done, bytes_total or None)`` per chunk.
+            fsync: Flush the file and its folder to disk before returning.
+
+        Returns:
+            ``dest`` as a :class:`~pathlib.Path`.
+
+        Raises:
+            DownloadError: A message where a video was expected (the task is not finished,
+                or the link expired), a size or checksum mismatch, or a disk problem.
+        """
+        return await download(
+            self,
+            task_or_url,
+            dest,
+            resume=resume,
+            overwrite=overwrite,
+            sha256=sha256,
+            on_progress=on_progress,
+            fsync=fsync,
+        )
 
     def poller(
         self,
@@ -215,6 +278,7 @@ class Client:
         batch_timeout: float | None = None,
         concurrency: int = 64,
         download_dir: str | os.PathLike[str] | None = None,
+        download_concurrency: int = 4,
         on_update: Callable[[Task], object] | None = None,
         clock: Clock | None = None,
     ) -> AsyncIterator[Watch]:
@@ -235,7 +299,10 @@ class Client:
             timeout: Each task's deadline in seconds from now; ``None``: no deadline.
             batch_timeout: A deadline for the whole batch; what is left then times out.
             concurrency: The most poll requests in flight at once.
-            download_dir: Save each succeeded video to ``<download_dir>/<id>.<format>``.
+            download_dir: Save each succeeded video to ``<download_dir>/<id>.<format or
+                mp4>`` (soonest-expiring first) before yielding its outcome, with the path
+                on ``outcome.path``; a failed download is that outcome's ``error``.
+            download_concurrency: Most of this watch's downloads at once.
             on_update: Called with a task whenever its status or progress changes.
             clock: The time source; tests pass ``aio88.testing.ManualClock``.
         """
@@ -246,9 +313,23 @@ class Client:
             on_update=on_update,
             clock=clock,
         )
+        directory = None
+        if download_dir is not None:
+            directory = Path(download_dir)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DownloadError(
+                    f"cannot use {directory} as download_dir: {exc.strerror or exc}", path=directory
+                ) from exc
         send, receive = _outcome_stream()
         async with poller, send, receive:
             poller._sink = send
+            if directory is not None:
+                queue = DownloadQueue(self, directory, send, download_concurrency)
+                poller._route = queue.route
+                assert poller._tg is not None
+                poller._tg.start_soon(queue.run)
             now = poller._clock.now()
             deadline = math.inf if batch_timeout is None else now + batch_timeout
             outcomes = Watch(poller, receive, send, kind, timeout, deadline)

@@ -99,6 +99,7 @@ class APIStatusError(APIError):
         type: The error type from the body (``"invalid_request_error"``, ...), or ``None``.
         param: The parameter the server blamed, or ``None``.
         body: The decoded JSON body, the raw text when it was not JSON, or ``None`` when empty.
+        headers: The response headers.
     """
 
     status_code: int
@@ -106,6 +107,7 @@ class APIStatusError(APIError):
     type: str | None
     param: str | None
     body: object
+    headers: Mapping[str, str]
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class APIStatusError(APIError):
         type: str | None = None,
         param: str | None = None,
         body: object = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status_code = status_code
@@ -124,6 +127,7 @@ class APIStatusError(APIError):
         self.type = type
         self.param = param
         self.body = body
+        self.headers = headers if headers is not None else {}
 
 
 class BadRequestError(APIStatusError):
@@ -373,6 +377,7 @@ def make_status_error(
         "type": type_,
         "param": param,
         "body": decoded,
+        "headers": headers,
     }
     if cls is RateLimitError:
         return RateLimitError(text, retry_after=retry_after, **kwargs)

@@ -473,6 +473,8 @@ class Poller:
         self._sleeping_until = math.inf
         self._tg: TaskGroup | None = None
         self._sink: MemoryObjectSendStream[Outcome] | None = None
+        # Where a watched task's outcome goes: the sink, or a download queue first.
+        self._route: Callable[[Outcome], None] | None = None
         self._fatal: BaseException | None = None
         # Adaptive concurrency: workers numbered >= _limit stand by.
         self._limit = float(concurrency)
@@ -732,7 +734,7 @@ class Poller:
             waiter.event.set()
         entry.waiters = None
         if entry.watched and self._sink is not None and self._fatal is None:
-            self._sink.send_nowait(outcome)
+            (self._route or self._sink.send_nowait)(outcome)
 
     # -- congestion ----------------------------------------------------------------------
 

@@ -368,6 +368,47 @@ class Videos(_Resource[Video]):
         resp = await self._http().request("POST", path, json=_json_encode(body))
         return _decode(decode_video, resp)
 
+    async def download(
+        self,
+        video_id: str | Video,
+        dest: str | os.PathLike[str],
+        *,
+        variant: str | None = None,
+        resume: bool = True,
+        overwrite: bool = False,
+        sha256: str | None = None,
+        on_progress: Callable[[int, int | None], object] | None = None,
+        fsync: bool = False,
+    ) -> Path:
+        """Save a finished video's content to ``dest``, from ``/v1/videos/{id}/content``.
+
+        Resumable, atomic and verified: see :meth:`aio88.Client.download` for what
+        happens with an existing ``dest`` or an interrupted download.
+
+        Args:
+            video_id: The video's id (or the video).
+            dest: The file to write.
+            variant: Which file (``"video"``, the default; 88API ignores the others).
+            resume: Continue an existing ``.part`` (else start over).
+            overwrite: Fetch again even if ``dest`` exists.
+            sha256: The expected hex SHA-256; a mismatch discards the file.
+            on_progress: Called with ``(bytes_done, bytes_total or None)`` per chunk.
+            fsync: Flush the file and its folder to disk before returning.
+        """
+        from ._download import download
+
+        return await download(
+            self._client,
+            check_id(video_id, "video_id"),
+            dest,
+            variant=variant,
+            resume=resume,
+            overwrite=overwrite,
+            sha256=sha256,
+            on_progress=on_progress,
+            fsync=fsync,
+        )
+
     @asynccontextmanager
     async def content(
         self, video_id: str | Video, *, variant: str | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from benchmarks import bench_scale, bench_schedule
 
 
@@ -28,3 +27,22 @@ def test_bench_schedule_cli(capsys: object) -> None:
     bench_scale.main(["--sizes", "50", "--json"])
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "requests/task" in out and '"bytes_per_task"' in out
+
+
+def test_bench_download_smoke() -> None:
+    """The download benchmark runs every client once on a tiny file and checks each copy."""
+    import shutil
+
+    import pytest
+
+    from benchmarks import bench_download
+
+    if not shutil.which("nginx"):
+        pytest.skip("the download benchmark needs nginx (CI installs it)")
+    report = bench_download.run(
+        [1], rounds=1, chunks=[1 << 20], clients=["aio88", "openai-default"]
+    )
+    clients = {row["client"] for row in report["rows"]}
+    assert clients == {"aio88", "openai-default"}
+    assert report["sweep"][0]["mb_s"] > 0
+    assert "MB/s" in bench_download.table(report)

@@ -280,6 +280,7 @@ class Emulator:
         self._content_size = content_size
         self._block = _pattern_block(seed) if content_size is not None else b""
         self._content_sha256: str | None = None
+        self._pattern: bytes | None = None
 
         self.tasks: dict[str, EmulatedTask] = {}
         """Every task, by id."""
@@ -463,24 +464,28 @@ class Emulator:
             self._content = (resources.files(__package__) / "sample.mp4").read_bytes()
         return self._content
 
-    def _chunks(self, start: int, end: int) -> Iterable[bytes]:
+    def _chunks(self, start: int, end: int) -> Iterable[bytes | memoryview]:
         """The content's bytes ``[start, end)``, in chunks of at most 1 MiB."""
         if self._content_size is None:
             data = memoryview(self._video_bytes())
             for offset in range(start, end, _WRITE_CHUNK):
-                yield bytes(data[offset : min(end, offset + _WRITE_CHUNK)])
+                yield data[offset : min(end, offset + _WRITE_CHUNK)]
             return
-        block = self._block
-        doubled = block + block
-        # A chunk of whole blocks, rotated to the right phase, then sliced per write.
-        reps = _WRITE_CHUNK // _PATTERN_BLOCK
+        # One buffer of whole blocks plus a spare block, made once; each chunk is a
+        # zero-copy slice of it at the right phase, so serving 1 GiB allocates nothing.
+        big = self._pattern_buffer()
+        view = memoryview(big)
         offset = start
         while offset < end:
             phase = offset % _PATTERN_BLOCK
-            rotated = doubled[phase : phase + _PATTERN_BLOCK] * reps
-            n = min(end - offset, len(rotated))
-            yield rotated[:n]
+            n = min(end - offset, _WRITE_CHUNK)
+            yield view[phase : phase + n]
             offset += n
+
+    def _pattern_buffer(self) -> bytes:
+        if self._pattern is None:
+            self._pattern = self._block * (_WRITE_CHUNK // _PATTERN_BLOCK + 1)
+        return self._pattern
 
     # -- middleware ------------------------------------------------------------------
 
