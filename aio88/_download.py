@@ -31,6 +31,7 @@ from yarl import URL
 from ._errors import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AuthenticationError,
     DownloadError,
     RateLimitError,
@@ -370,9 +371,19 @@ async def _fetch_once(
         if validator:
             headers["If-Range"] = validator
     try:
-        async with client._transport.stream("GET", url, headers=headers) as resp:
+        stream = client._transport.stream("GET", url, headers=headers, own_stall_watch=True)
+        async with stream as resp:
             return await _receive(
-                resp, url, dest, part, offset, sha256, on_progress, fsync, chunk_size
+                resp,
+                url,
+                dest,
+                part,
+                offset,
+                sha256,
+                on_progress,
+                fsync,
+                chunk_size,
+                client._transport.timeouts.read,
             )
     except (AuthenticationError, RateLimitError):
         raise
@@ -424,6 +435,7 @@ async def _receive(
     on_progress: Progress | None,
     fsync: bool,
     chunk_size: int,
+    stall_after: float | None,
 ) -> int:
     if resp.content_type.startswith(_NOT_VIDEO):
         text = (await resp.content.read(2000)).decode("utf-8", "replace")
@@ -463,6 +475,8 @@ async def _receive(
     send, receive = anyio.create_memory_object_stream[bytes](_QUEUE_CHUNKS)
     failure: list[BaseException] = []
 
+    watch = anyio.CancelScope()
+
     async def write_chunks() -> None:
         async with receive:
             async for chunk in receive:
@@ -472,10 +486,27 @@ async def _receive(
                     failure.append(exc)
                     tg.cancel_scope.cancel()
                     return
+        watch.cancel()  # every byte is written: the stall watch can stop
+
+    async def watch_for_stalls(period: float) -> None:
+        # One check per period, instead of aiohttp's timer re-armed on every packet.
+        seen = -1
+        with watch:
+            while True:
+                await anyio.sleep(period)
+                if done == seen:
+                    failure.append(
+                        APITimeoutError(f"GET {url.path}: no data for {period:g}s mid-download")
+                    )
+                    tg.cancel_scope.cancel()
+                    return
+                seen = done
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_chunks)
+            if stall_after is not None:
+                tg.start_soon(watch_for_stalls, stall_after)
             async with send:
                 try:
                     async for chunk in resp.content.iter_chunked(chunk_size):
