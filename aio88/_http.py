@@ -14,10 +14,10 @@ import platform
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from urllib.parse import urlencode
 
 import aiohttp
 import anyio
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._config import RetryPolicy, Timeouts
@@ -27,6 +27,7 @@ from ._errors import (
     make_status_error,
     request_id_from,
 )
+from ._fastget import FastGetPool, UnusualResponse
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._version import __version__
 
@@ -48,7 +49,7 @@ class Response:
 
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -65,6 +66,8 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     ``what`` names the request ("GET /v1/videos/x") for the message. This is the one place
     aiohttp's exceptions are mapped; callers ``raise translate(exc, what) from exc``.
     """
+    if isinstance(exc, APIConnectionError):
+        return exc  # the fast path raises aio88's own errors already
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APITimeoutError(f"{what}: timed out connecting to the server", request_sent=False)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
@@ -79,7 +82,13 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError)
+_TRANSPORT_ERRORS = (
+    aiohttp.ClientError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    OSError,
+    APIConnectionError,
+)
 
 
 class Transport:
@@ -106,6 +115,8 @@ class Transport:
         self.clock = clock
         self.rate = AdaptiveRate(rate_limit, now=clock())
         self.session: aiohttp.ClientSession | None = None
+        #: The poll fast path (GETs to the API origin), when this transport owns its session.
+        self.fast: FastGetPool | None = None
         self.owns_session = session is None
         self._given_session = session
         # Built once: every API request reuses these objects unchanged.
@@ -144,16 +155,33 @@ class Transport:
             limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
         )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        base = URL(self.base_url)
+        assert base.host is not None and base.port is not None
+        self.fast = FastGetPool(
+            host=base.host,
+            port=base.port,
+            use_tls=base.scheme == "https",
+            prefix=base.raw_path.rstrip("/"),
+            headers=self._api_headers,
+            connect_timeout=self.timeouts.connect,
+            total_timeout=self.timeouts.total,
+        )
 
     async def aclose(self) -> None:
         """Close the session if this transport created it."""
         session, self.session = self.session, None
+        fast, self.fast = self.fast, None
+        if fast is not None:
+            fast.close()
         if session is not None and self.owns_session:
             await session.close()
 
     def abandon(self) -> None:
         """Release sockets without awaiting: the last resort of ``Client.__del__``."""
         session, self.session = self.session, None
+        fast, self.fast = self.fast, None
+        if fast is not None:
+            fast.close()
         if session is None or not self.owns_session or session.closed:
             return
         connector = session.connector
@@ -220,27 +248,33 @@ class Transport:
         session = self._session()
         if idempotent is None:
             idempotent = method in ("GET", "HEAD")
-        url = self.api_url(path)
         headers = self._json_headers if json is not None else self._api_headers
         what = f"{method} {path}"
+        fast_path = self.fast if method == "GET" and json is None and form is None else None
+        path_and_query = path + ("?" + urlencode(params) if params else "")
+        url = self.api_url(path) if fast_path is None else None  # built only for aiohttp
         attempt = 0
         while True:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
             started = time.perf_counter()
+            resp_headers: Mapping[str, str]
             try:
-                async with session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=json if form is None else form(),
-                    params=params,
-                    timeout=self._request_timeout,
-                ) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    resp_headers = resp.headers
+                if fast_path is not None:
+                    try:
+                        status, resp_headers, body = await fast_path.get(path_and_query)
+                    except UnusualResponse:
+                        fast_path = None  # a redirect or such: aiohttp handles it
+                        url = self.api_url(path)
+                        status, resp_headers, body = await self._via_aiohttp(
+                            session, method, url, headers, json, form, params
+                        )
+                else:
+                    assert url is not None
+                    status, resp_headers, body = await self._via_aiohttp(
+                        session, method, url, headers, json, form, params
+                    )
             except _TRANSPORT_ERRORS as exc:
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
                 continue
@@ -263,6 +297,26 @@ class Transport:
             if delay > 0:
                 await anyio.sleep(delay)
 
+    async def _via_aiohttp(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        json: bytes | None,
+        form: Callable[[], aiohttp.FormData] | None,
+        params: Mapping[str, str] | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            data=json if form is None else form(),
+            params=params,
+            timeout=self._request_timeout,
+        ) as resp:
+            return resp.status, resp.headers, await resp.read()
+
     def _delay_after_failure(
         self, exc: BaseException, what: str, attempt: int, idempotent: bool
     ) -> float:
@@ -282,7 +336,7 @@ class Transport:
     def _delay_or_raise(
         self,
         status: int,
-        headers: CIMultiDictProxy[str],
+        headers: Mapping[str, str],
         body: bytes,
         attempt: int,
         idempotent: bool,
