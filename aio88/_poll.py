@@ -468,9 +468,10 @@ class Poller:
         self._clock: Clock = clock or LOOP_CLOCK
         self._heap: list[tuple[float, _Tracked]] = []
         self._tracked: dict[str, _Tracked] = {}
-        # asyncio's own lock: aiohttp ties the client to asyncio, and anyio's would look up
-        # the async library on every acquire, on the hottest path there is.
-        self._take_lock = asyncio.Lock()
+        # anyio's lock, not asyncio's: it always yields on acquire, so a worker whose poll
+        # never yields (an in-memory fetch) cannot take the lock back before the others.
+        # (asyncio.Lock livelocked the scale benchmark.)
+        self._take_lock = anyio.Lock()
         self._sleep_scope: anyio.CancelScope | None = None
         self._sleeping_until = math.inf
         self._tg: TaskGroup | None = None
