@@ -69,8 +69,20 @@ async def _openai(base_url: str, name: str, dest: Path, backend: str) -> dict[st
     return {}
 
 
+def _import_client(client: str) -> None:
+    """Import the client's libraries up front, so that the timing is the work alone."""
+    if client == "aio88":
+        import aio88._download  # noqa: F401
+    elif client.startswith("openai"):
+        import openai  # noqa: F401
+        from openai import DefaultAioHttpClient  # noqa: F401
+    else:
+        import aiohttp  # noqa: F401
+
+
 def child(client: str, base_url: str, name: str, dest: Path, chunk: int) -> dict[str, Any]:
     """Download once with `client`; report seconds, CPU seconds, peak RSS."""
+    _import_client(client)  # imports are not part of what is timed
     baseline = _rss_mib()
     started, cpu = time.perf_counter(), time.process_time()
     extra: dict[str, float] = {}

@@ -46,3 +46,22 @@ def test_bench_download_smoke() -> None:
     assert clients == {"aio88", "openai-default"}
     assert report["sweep"][0]["mb_s"] > 0
     assert "MB/s" in bench_download.table(report)
+
+
+def test_bench_poll_smoke() -> None:
+    """The poll benchmark runs every client (nginx, or the emulator when it is missing)."""
+    from benchmarks import bench_poll
+
+    report = bench_poll.run(50, 8, 1, bench_poll.CLIENTS)
+    assert {row["client"] for row in report["rows"]} == set(bench_poll.CLIENTS)
+    assert all(row["requests_per_s"] > 0 for row in report["rows"])
+    assert "aio88 is faster by" in bench_poll.table(report)
+
+
+def test_bench_decode_smoke() -> None:
+    """The decode benchmark times every shape with every decoder."""
+    from benchmarks import bench_decode
+
+    rows = bench_decode.run(20)
+    assert [r["shape"] for r in rows] == list(bench_decode.BODIES)
+    assert "aio88 vs openai" in bench_decode.table(rows)

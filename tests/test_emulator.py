@@ -278,3 +278,14 @@ def test_command_line_starts_the_emulator() -> None:
         assert proc.wait(timeout=10) == 0
         if proc.stdout:
             proc.stdout.close()
+
+
+async def test_any_id_answers_unknown_ids(http: aiohttp.ClientSession) -> None:
+    """any_id=True: an id never created is a finished task (for load tests)."""
+    async with Emulator(any_id=True) as emu:
+        async with http.get(f"{emu.base_url}/v1/videos/task_made_up", headers=AUTH) as resp:
+            body = await resp.json()
+        assert (resp.status, body["id"], body["status"]) == (200, "task_made_up", "succeeded")
+        async with http.get(f"{emu.base_url}/v1/video/generations/g1", headers=AUTH) as resp:
+            assert (await resp.json())["status"] == "succeeded"
+        assert emu.tasks["g1"].kind == "generation"

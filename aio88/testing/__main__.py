@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--content-size", type=int, default=None, help="serve N deterministic bytes"
     )
+    parser.add_argument(
+        "--any-id", action="store_true", help="answer unknown ids as finished tasks (load tests)"
+    )
     return parser
 
 
@@ -65,6 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
         failure_rate=args.failure_rate,
         faults=faults,
         content_size=args.content_size,
+        any_id=args.any_id,
     ) as emulator:
         print(f"88API emulator ({args.dialect} dialect) at {emulator.base_url}", flush=True)
         print(

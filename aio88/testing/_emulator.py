@@ -234,6 +234,8 @@ class Emulator:
         expires_in: Seconds from creation to a video's ``expires_at``.
         poll_after_ms: Send ``openai-poll-after-ms`` with this value on every task
             retrieval (a server poll hint); ``None`` sends none, as 88API does.
+        any_id: Answer an unknown id as a finished task (made on the spot) instead of
+            "not found": for load tests that poll ids they never created.
     """
 
     def __init__(
@@ -254,6 +256,7 @@ class Emulator:
         redirect_content: bool | None = None,
         expires_in: float = 24 * 3600.0,
         poll_after_ms: int | None = None,
+        any_id: bool = False,
     ) -> None:
         if dialect not in ("docs", "newapi"):
             raise ValueError(f"dialect must be 'docs' or 'newapi', got {dialect!r}")
@@ -274,6 +277,7 @@ class Emulator:
         )
         self.expires_in = expires_in
         self.poll_after_ms = poll_after_ms
+        self.any_id = any_id
         if content is not None and content_size is not None:
             raise ValueError("pass content or content_size, not both")
         self._content = content
@@ -821,6 +825,13 @@ class Emulator:
     def _lookup(self, request: web.Request) -> EmulatedTask | web.Response:
         task_id = request.match_info["id"]
         task = self.tasks.get(task_id)
+        if task is None and self.any_id:
+            kind: Kind = "video" if self._is_video_route(request) else "generation"
+            task = self._new_task(kind, "sora-2", "made on the spot", {"prompt": "any"})
+            del self.tasks[task.id]
+            task.id = task_id
+            task.forced = "succeeded"
+            self.tasks[task_id] = task
         return task if task is not None else self._not_found(request, task_id)
 
     async def _get_generation(self, request: web.Request) -> web.Response:
