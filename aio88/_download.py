@@ -210,11 +210,12 @@ async def download(
     """Download a finished video to ``dest``; see :meth:`aio88.Client.download`."""
     dest = Path(dest)
     part = _part_path(dest)
-    if dest.is_dir():
+    is_dir, exists = await anyio.to_thread.run_sync(_inspect, dest, part, resume)
+    if is_dir:
         raise DownloadError(
             f"{dest} is a directory; give a file path such as {dest / 'video.mp4'}", path=dest
         )
-    if dest.exists() and not overwrite:
+    if exists and not overwrite:
         # aio88 only ever creates dest whole (by rename), so an existing file is a finished
         # download: a re-run fetches nothing. With sha256, prove it.
         if sha256 is not None and not await anyio.to_thread.run_sync(_check_sha256, dest, sha256):

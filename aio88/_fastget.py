@@ -96,7 +96,7 @@ class _Connection(asyncio.Protocol):
         buffer += data
         if self._head is None:
             end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            if end < 0 or end > _MAX_HEAD:
                 if len(buffer) > _MAX_HEAD:
                     self._fail(UnusualResponse("response headers too large"))
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import hashlib
@@ -384,3 +385,126 @@ async def test_content_of_unknown_video(aio88_client: Client) -> None:
     with pytest.raises(NotFoundError):
         async with aio88_client.videos.content("task_missing"):
             pass  # pragma: no cover
+
+
+@pytest.mark.aio88_emulator(duration=None, content_size=2 * 2**20 + 99)
+async def test_resume_with_checksum_and_fsync(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A resumed download hashes the bytes already on disk; fsync=True flushes to disk."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    aio88_emulator.inject("truncate", path="/v1/videos/")
+    dest = tmp_path / "v.mp4"
+    await aio88_client.videos.download(
+        task_id, dest, sha256=aio88_emulator.content_sha256, fsync=True
+    )
+    assert sha256_of(dest) == aio88_emulator.content_sha256
+    assert range_requests(aio88_emulator)[1] is not None
+
+
+async def test_resume_false_starts_over(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """resume=False discards a .part instead of continuing it."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    (tmp_path / "v.mp4.part").write_bytes(b"stale bytes")
+    await aio88_client.videos.download(task_id, tmp_path / "v.mp4", resume=False)
+    assert sha256_of(tmp_path / "v.mp4") == aio88_emulator.content_sha256
+    assert range_requests(aio88_emulator) == [None]
+
+
+async def test_gives_up_after_the_retry_attempts(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A body cut every time ends in a DownloadError that says how to resume; the .part stays."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    aio88_emulator.inject("truncate", path="/v1/videos/", times=50)
+    with pytest.raises(DownloadError, match="call download again to resume"):
+        await aio88_client.videos.download(task_id, tmp_path / "v.mp4")
+    assert (tmp_path / "v.mp4.part").exists() and not (tmp_path / "v.mp4").exists()
+
+
+async def test_task_sources(aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path) -> None:
+    """A task without a URL goes to the content endpoint; one whose URL is a data: URI
+    (88API's result_url can be) is decoded; a plain data: URI and a checksum too."""
+    from aio88._models import decode_generation, decode_video
+
+    task_id = aio88_emulator.add_task(status="succeeded")
+    bare = decode_video(b'{"id": "%s", "status": "completed"}' % task_id.encode())
+    await aio88_client.download(bare, tmp_path / "a.mp4")
+    assert sha256_of(tmp_path / "a.mp4") == aio88_emulator.content_sha256
+    payload = base64.b64encode(b"tiny").decode()
+    inline = decode_generation(
+        b'{"task_id": "t", "status": "SUCCESS", "result_url": "data:video/mp4;base64,%s"}'
+        % payload.encode()
+    )
+    await aio88_client.download(inline, tmp_path / "b.mp4")
+    assert (tmp_path / "b.mp4").read_bytes() == b"tiny"
+    await aio88_client.download("data:text/plain,hello", tmp_path / "c.txt")
+    assert (tmp_path / "c.txt").read_text() == "hello"
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        await aio88_client.download("data:text/plain,x", tmp_path / "d.txt", sha256="0" * 64)
+
+
+async def test_stalled_body_is_detected_and_resumed(tmp_path: Path) -> None:
+    """A body that stops flowing trips the stall watch (one check per read timeout) and the
+    download resumes from what it has."""
+    from aiohttp import web
+
+    from aio88 import RetryPolicy, Timeouts
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    calls: list[str | None] = []
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        calls.append(request.headers.get("Range"))
+        start = int(request.headers["Range"][6:-1]) if "Range" in request.headers else 0
+        response = web.StreamResponse(status=206 if start else 200)
+        response.content_type = "video/mp4"
+        response.content_length = len(data) - start
+        if start:
+            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        await response.prepare(request)
+        if not start:
+            await response.write(data[: len(data) // 2])
+            await asyncio.sleep(3)  # stall
+        await response.write(data[start:])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/videos/{id}/content", content)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with Client(
+            "k",
+            base_url=f"http://{host}:{port}",
+            timeouts=Timeouts(read=0.3),
+            retry=RetryPolicy(backoff_initial=0.01),
+        ) as client:
+            await client.videos.download("task_x", tmp_path / "v.mp4")
+    finally:
+        await runner.cleanup()
+    assert (tmp_path / "v.mp4").read_bytes() == data
+    assert calls[0] is None and calls[1] == f"bytes={len(data) // 2}-"
+
+
+def test_more_disk_errors(tmp_path: Path) -> None:
+    """A directory where the file goes, and a missing folder, are named as such."""
+    part = tmp_path / "x.part"
+    assert "is a directory" in str(
+        _disk_error(IsADirectoryError(errno.EISDIR, "x"), tmp_path, part)
+    )
+    assert "does not exist" in str(
+        _disk_error(FileNotFoundError(errno.ENOENT, "x"), tmp_path, part)
+    )
+
+
+def test_download_queue_needs_a_slot(aio88_client: Client, tmp_path: Path) -> None:
+    """A watch's download concurrency must be at least 1."""
+    from aio88._download import DownloadQueue
+
+    with pytest.raises(ValueError, match="at least 1"):
+        DownloadQueue(aio88_client, tmp_path, None, 0)  # type: ignore[arg-type]
