@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 
 from ._emulator import Emulator, Faults
@@ -49,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Start the emulator and serve until cancelled."""
+    """Start the emulator and serve until SIGINT or SIGTERM."""
+    # Handlers first, before the ready line: a process started in the background by a
+    # non-interactive shell inherits SIGINT as ignored, and a signal sent as soon as the
+    # ready line is read must not be lost.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+            loop.add_signal_handler(signum, stop.set)
     faults = Faults(
         rate_429=args.rate_429,
         retry_after=args.retry_after,
@@ -74,7 +83,7 @@ async def serve(args: argparse.Namespace) -> None:
         print(
             f"  media origin {emulator.media_url}; key {args.api_key!r}; Ctrl-C stops", flush=True
         )
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
