@@ -130,6 +130,10 @@ class StaticServer:
         (self.root / "generation.json").write_text(json.dumps(GENERATION_NEWAPI))
         for name, size in self.files.items():
             _write_file(self.path_of(name), size)
+        if self.files:
+            # Flush the new files now: their writeback would otherwise run during the
+            # first measurements and slow whichever client happens to go first.
+            os.sync()
         if self.kind == "nginx":
             conf = self.root / "nginx.conf"
             conf.write_text(NGINX_CONF.format(root=self.root, port=self.port))

@@ -2,7 +2,8 @@
 
 nginx on loopback serves a 256 MiB and a 1 GiB file at ``/v1/videos/{id}/content``. Each
 client downloads each file in its own process (so peak RSS is that client's alone),
-alternating over ``--rounds``; the best round counts. For aio88 the event loop's lag is
+alternating over ``--rounds`` (who goes first rotates; one unmeasured warm-up download per
+file first); medians and bests are reported. For aio88 the event loop's lag is
 measured too (a 1 ms ticker's worst lateness), and ``--chunks`` sweeps the chunk size.
 
     python -m benchmarks.bench_download [--sizes 256 1024] [--rounds 3] [--chunks ...]
@@ -160,10 +161,12 @@ def run(sizes_mib: list[int], rounds: int, chunks: list[int], clients: list[str]
     with StaticServer(files=files) as server:
         for name, size in files.items():
             runs: dict[str, list[dict[str, Any]]] = {}
-            for _ in range(rounds):
-                for client in clients:
-                    if client == "curl" and not shutil.which("curl"):
-                        continue
+            present = [c for c in clients if c != "curl" or shutil.which("curl")]
+            run_one(present[0], server, name, size, chunks[0])  # warm-up, not counted
+            for round_number in range(rounds):
+                # Rotate who goes first, so no client always meets the same machine state.
+                shift = round_number % len(present)
+                for client in present[shift:] + present[:shift]:
                     runs.setdefault(client, []).append(
                         run_one(client, server, name, size, chunks[0])
                     )
