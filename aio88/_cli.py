@@ -30,7 +30,6 @@ from ._errors import (
     APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
-    RateLimitError,
 )
 from ._ledger import Job, Ledger
 from ._models import GenerationTask, Status, Video
@@ -91,6 +90,19 @@ class Tally:
                 self.queued += delta
             elif state is Status.IN_PROGRESS:
                 self.running += delta
+
+    def finish(self, outcome: Outcome) -> None:
+        """A task reached its outcome: count it, and take it off the running counts."""
+        if outcome.ok:
+            self.done += 1
+            self.bytes += _size_of(outcome.path)
+        else:
+            self.failed += 1
+        status = self.states.pop(outcome.id, None)
+        if status is Status.QUEUED:
+            self.queued -= 1
+        elif status is Status.IN_PROGRESS:
+            self.running -= 1
 
 
 class Printer:
@@ -258,12 +270,7 @@ async def _watch_with_progress(
         on_update=on_update,
         schedule=Schedule(),
     ) as outcomes:
-        for task in tasks:
-            task_kind = "generation" if isinstance(task, GenerationTask) else kind
-            task_id = task if isinstance(task, str) else task.id
-            outcomes.pending += 1
-            outcomes._seen.add(task_id)
-            outcomes._poller.add(task_id, kind=task_kind, fresh=fresh)  # type: ignore[arg-type]
+        outcomes.add(tasks, fresh=fresh)
         async with anyio.create_task_group() as tg:
 
             async def redraw() -> None:
@@ -274,16 +281,7 @@ async def _watch_with_progress(
             tg.start_soon(redraw)
             async for outcome in outcomes:
                 results.append(outcome)
-                if outcome.ok:
-                    tally.done += 1
-                    tally.bytes += _size_of(outcome.path)
-                else:
-                    tally.failed += 1
-                status = tally.states.pop(outcome.id, None)
-                if status is Status.QUEUED:
-                    tally.queued -= 1
-                elif status is Status.IN_PROGRESS:
-                    tally.running -= 1
+                tally.finish(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
                 else:
@@ -455,20 +453,17 @@ async def _run_jobs(
         on_update=on_update,
         timeout=args.timeout,
     ) as outcomes:
-        poller = outcomes._poller
         for job in to_watch:
             assert job.task_id is not None
-            outcomes.pending += 1
-            poller.add(job.task_id, kind=job.kind)  # type: ignore[arg-type]
-        # Keep the iteration open while creates are still under way.
-        outcomes.pending += len(to_create)
+            outcomes.add([job.task_id], kind=job.kind)  # type: ignore[arg-type]
+        outcomes.expect(len(to_create))  # the iteration stays open while they are created
         limiter = anyio.CapacityLimiter(args.create_concurrency)
         fatal: list[BaseException] = []
 
         async def submit(job: Job) -> None:
             async with limiter:
                 if fatal:
-                    outcomes.pending -= 1
+                    outcomes.forget()
                     return
                 ledger.set_state(job.key, "submitting")  # committed before the request
                 try:
@@ -476,43 +471,33 @@ async def _run_jobs(
                 except (AuthenticationError, PermissionDeniedError) as exc:
                     ledger.set_state(job.key, "pending")  # refused: not billed, retry later
                     fatal.append(exc)
-                    outcomes._send.send_nowait(Outcome(job.key, job.kind, None, exc))  # type: ignore[arg-type]
+                    outcomes.forget()
                     return
                 except (APIStatusError, ValueError, TypeError) as exc:
                     unsure = isinstance(exc, APIStatusError) and exc.status_code >= 500
                     state = "unconfirmed" if unsure else "rejected"
                     ledger.set_state(job.key, state, error=_error_text(exc))
                     printer.event(state, key=job.key, line=job.line, error=_error_text(exc))
-                    outcomes.pending -= 1
+                    outcomes.forget()
                     tally.failed += 1
                     return
                 except APIConnectionError as exc:
                     state = "unconfirmed" if exc.request_sent else "pending"
                     ledger.set_state(job.key, state, error=_error_text(exc))
                     printer.event(state, key=job.key, line=job.line, error=_error_text(exc))
-                    outcomes.pending -= 1
+                    outcomes.forget()
                     tally.failed += 1
                     return
                 ledger.set_state(job.key, "submitted", task_id=task.id)  # committed at once
                 printer.event("created", key=job.key, id=task.id)
                 tally.update(task)
-                outcomes._seen.add(task.id)
-                poller.add(task.id, kind=job.kind, fresh=True)  # type: ignore[arg-type]
-                # pending already counted this job
+                outcomes.add([task], fresh=True)
 
         async with anyio.create_task_group() as tg:
             for job in to_create:
                 tg.start_soon(submit, job)
-            if outcomes.pending == 0:
-                tg.cancel_scope.cancel()
             async for outcome in outcomes:
-                if outcome.task is None and outcome.id not in outcomes._seen:
-                    continue  # a refused create, reported below
-                if outcome.ok:
-                    tally.done += 1
-                    tally.bytes += _size_of(outcome.path)
-                else:
-                    tally.failed += 1
+                tally.finish(outcome)
                 record(outcome)
                 printer.progress(tally)
             if fatal:
@@ -764,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AuthenticationError, PermissionDeniedError) as exc:
         print(f"aio88: error: the API refused the key: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (Aio88Error, RateLimitError) as exc:
+    except Aio88Error as exc:
         print(f"aio88: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

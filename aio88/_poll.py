@@ -777,6 +777,10 @@ def _kind_of(task: object) -> Kind:
 # -- watch -------------------------------------------------------------------------------
 
 
+#: Not an outcome: wakes a waiting iteration after :meth:`Watch.forget`.
+_WAKE = Outcome("", "video")
+
+
 class Watch:
     """The outcomes of a ``client.watch(...)``, in completion order, each id once::
 
@@ -785,6 +789,8 @@ class Watch:
                 ...
 
     Add more ids while it runs with :meth:`add`; ``pending`` says how many are still out.
+    Tasks still being created can be announced with :meth:`expect` (the iteration stays
+    open for them) and then added, or dropped with :meth:`forget`.
     """
 
     def __init__(
@@ -803,19 +809,28 @@ class Watch:
         self._timeout = timeout
         self._deadline = deadline
         self._seen: set[str] = set()
+        self._expected = 0
         self.pending = 0
-        """Ids added whose outcome has not been yielded yet."""
+        """Outcomes still to come: ids added or expected, not yet yielded."""
 
-    def add(self, ids: Iterable[str | Task], *, kind: Kind | None = None) -> None:
+    def add(
+        self, ids: Iterable[str | Task], *, kind: Kind | None = None, fresh: bool = False
+    ) -> None:
         """Watch more tasks. Ids already watched are ignored; an id that cannot be polled
-        becomes an :class:`Outcome` with a ``ValueError``."""
+        becomes an :class:`Outcome` with a ``ValueError``.
+
+        Args:
+            ids: Task ids, or tasks (a task's type gives its kind).
+            kind: The kind of plain string ids; the watch's own by default.
+            fresh: The tasks were just created: first poll after ``schedule.first``.
+        """
         poller = self._poller
         for item in ids:
             task_kind = kind or (_kind_of(item) if not isinstance(item, str) else self._kind)
             try:
                 task_id = check_id(item)
             except (TypeError, ValueError) as exc:
-                self.pending += 1
+                self._count_one()
                 self._send.send_nowait(
                     Outcome(str(getattr(item, "id", item)), task_kind, None, exc)
                 )
@@ -823,27 +838,48 @@ class Watch:
             if task_id in self._seen:
                 continue
             self._seen.add(task_id)
-            self.pending += 1
+            self._count_one()
             timeout = self._timeout
             remaining = self._deadline - poller._clock.now()
             if remaining < (math.inf if timeout is None else timeout):
                 timeout = max(0.0, remaining)
-            poller.add(task_id, kind=task_kind, timeout=timeout)
+            poller.add(task_id, kind=task_kind, timeout=timeout, fresh=fresh)
+
+    def _count_one(self) -> None:
+        # An expected task arriving takes its place; any other adds to what is pending.
+        if self._expected:
+            self._expected -= 1
+        else:
+            self.pending += 1
+
+    def expect(self, count: int) -> None:
+        """Keep the iteration open for ``count`` tasks not added yet (still being created).
+        :meth:`add` each one when it exists, or :meth:`forget` it if it never will."""
+        self._expected += count
+        self.pending += count
+
+    def forget(self, count: int = 1) -> None:
+        """``count`` expected tasks will not come after all (their create failed)."""
+        self._expected -= count
+        self.pending -= count
+        self._send.send_nowait(_WAKE)  # an iteration waiting for them must see the change
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return self
 
     async def __anext__(self) -> Outcome:
-        if self.pending <= 0:
-            raise StopAsyncIteration
-        try:
-            outcome = await self._receive.receive()
-        except anyio.EndOfStream:
-            fatal = self._poller._fatal
-            assert fatal is not None
-            raise fatal from None
-        self.pending -= 1
-        return outcome
+        while True:
+            if self.pending <= 0:
+                raise StopAsyncIteration
+            try:
+                outcome = await self._receive.receive()
+            except anyio.EndOfStream:
+                fatal = self._poller._fatal
+                assert fatal is not None
+                raise fatal from None
+            if outcome is not _WAKE:
+                self.pending -= 1
+                return outcome
 
     def stats(self) -> PollerStats:
         """The underlying poller's statistics."""

@@ -385,3 +385,27 @@ def test_schedule_uses_the_estimate() -> None:
     assert blind.next_delay(200, 5, eta=10.0) == 30.0
     with pytest.raises(ValueError, match="aim"):
         Schedule(aim=0)
+
+
+async def test_expected_tasks_keep_the_iteration_open(aio88_emulator: Emulator) -> None:
+    """expect() holds the iteration open for tasks still being created; forget() of the
+    last one ends it even while the iteration is waiting (no hang)."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    async with (
+        Client("sk-test", base_url=aio88_emulator.base_url) as client,
+        client.watch([], schedule=FAST) as outcomes,
+    ):
+        outcomes.expect(2)
+        outcomes.add([task_id], fresh=True)
+        first = await outcomes.__anext__()
+
+        async def create_fails_later() -> None:
+            await anyio.sleep(0.05)
+            outcomes.forget()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(create_fails_later)
+            with anyio.fail_after(5):
+                rest = [o async for o in outcomes]
+    assert first.ok and first.id == task_id
+    assert rest == [] and outcomes.pending == 0
