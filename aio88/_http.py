@@ -249,7 +249,7 @@ class Transport:
         if idempotent is None:
             idempotent = method in ("GET", "HEAD")
         headers = self._json_headers if json is not None else self._api_headers
-        what = f"{method} {path}"
+        debug = log.isEnabledFor(logging.DEBUG)
         fast_path = self.fast if method == "GET" and json is None and form is None else None
         path_and_query = path + ("?" + urlencode(params) if params else "")
         url = self.api_url(path) if fast_path is None else None  # built only for aiohttp
@@ -258,7 +258,7 @@ class Transport:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
-            started = time.perf_counter()
+            started = time.perf_counter() if debug else 0.0  # only a log line needs it
             resp_headers: Mapping[str, str]
             try:
                 if fast_path is not None:
@@ -276,13 +276,15 @@ class Transport:
                         session, method, url, headers, json, form, params
                     )
             except _TRANSPORT_ERRORS as exc:
+                what = f"{method} {path}"
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
                 continue
 
-            if log.isEnabledFor(logging.DEBUG):
+            if debug:
                 log.debug(
-                    "%s -> %d in %.1f ms (request id %s, try %d)",
-                    what,
+                    "%s %s -> %d in %.1f ms (request id %s, try %d)",
+                    method,
+                    path,
                     status,
                     (time.perf_counter() - started) * 1000,
                     request_id_from(resp_headers),
@@ -293,6 +295,7 @@ class Transport:
                     self._consecutive_429 = 0
                 self.rate.on_success()
                 return Response(status, resp_headers, body)
+            what = f"{method} {path}"  # failures only: the poll path builds no strings
             delay = self._delay_or_raise(status, resp_headers, body, attempt, idempotent, what)
             if delay > 0:
                 await anyio.sleep(delay)

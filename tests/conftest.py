@@ -11,6 +11,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening (free once the probe socket is closed)."""
+    from benchmarks._server import free_port
+
+    return free_port()
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read a developer's real key or base URL."""

@@ -325,13 +325,9 @@ async def test_unsafe_create_retries_are_opt_in(aio88_emulator: Emulator) -> Non
     assert aio88_emulator.creates == 2
 
 
-async def test_connect_failure_is_connection_error() -> None:
+async def test_connect_failure_is_connection_error(closed_port: int) -> None:
     """Nothing listening: APIConnectionError that says the request never left."""
-    import socket
-
-    with socket.socket() as sock:  # a port that is surely closed once we let go of it
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port
     async with Client("sk-test", base_url=f"http://127.0.0.1:{port}", retry=FAST_RETRY) as client:
         with pytest.raises(APIConnectionError) as caught:
             await client.generations.create(model="kling-v1", prompt="x")

@@ -167,13 +167,9 @@ async def test_stalled_answer_times_out(raw_server: object) -> None:
     fast.close()
 
 
-async def test_connect_failures() -> None:
+async def test_connect_failures(closed_port: int) -> None:
     """A closed port is a connection error that says nothing was sent; a closed pool too."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port
     fast = pool(port)
     with pytest.raises(APIConnectionError, match="cannot connect") as caught:
         await fast.get("/x")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 import pytest
@@ -94,11 +93,9 @@ async def test_content_error_status_raises(aio88_client: Client) -> None:
             pass  # pragma: no cover
 
 
-async def test_stream_connect_failure() -> None:
+async def test_stream_connect_failure(closed_port: int) -> None:
     """Nothing listening: the stream fails with APIConnectionError after its retries."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port
     async with Client("sk-test", base_url=f"http://127.0.0.1:{port}", retry=FAST_RETRY) as client:
         with pytest.raises(APIConnectionError):
             async with client._transport.stream("GET", URL(f"http://127.0.0.1:{port}/v")):
