@@ -214,7 +214,8 @@ class Client:
             resume: Continue an existing ``.part`` (else start over).
             overwrite: Fetch again even if ``dest`` exists.
             sha256: The expected hex SHA-256; a mismatch discards the file.
-            on_progress: Called with ``(bytes_done, bytes_total or None)`` per chunk.
+            on_progress: Called with ``(bytes_done, bytes_total or None)`` as each block
+                reaches the disk.
             fsync: Flush the file and its folder to disk before returning.
 
         Returns:

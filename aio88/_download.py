@@ -3,8 +3,10 @@
 A download writes to ``<dest>.part`` and renames it to ``dest`` only once the size (and,
 if given, the SHA-256) is right, so nothing incomplete is ever at ``dest``. A ``.part``
 left by a dropped connection, a crash or a cancellation is continued with ``Range`` the
-next time. File writes run in a worker thread, overlapped with the network reads, so the
-event loop never waits on the disk, and memory stays a few chunks whatever the size.
+next time. The body is read into a few reusable buffers (:mod:`aio88._body`) that a
+writer thread of the download's own appends to the ``.part`` (:mod:`aio88._writer`) while
+the next fills, so the event loop never waits on the disk, and memory stays at three
+buffers whatever the size.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from yarl import URL
@@ -36,9 +37,10 @@ from ._errors import (
     DownloadError,
     RateLimitError,
 )
-from ._http import _TRANSPORT_ERRORS, translate
+from ._http import Body
 from ._models import GenerationTask, Status, Video, check_id
 from ._retry import backoff_delay
+from ._writer import PartWriter
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -48,12 +50,10 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "DownloadQueue", "download", "file_name_for"]
 
 log = logging.getLogger("aio88")
 
-#: Bytes read from the network per chunk (and written per thread hop). Measured fastest
-#: on loopback among 64 KiB-4 MiB (``docs/benchmarks.md``); also the unit of memory use.
+#: The size of each of a download's buffers: the unit of reads handed to the writer
+#: thread and of memory use. Measured fastest here among 256 KiB-4 MiB
+#: (``docs/benchmarks.md``).
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-#: Chunks waiting between the network reader and the disk writer (one more is being
-#: written, one more read: memory is about three chunks).
-_QUEUE_CHUNKS = 1
 #: Statuses on a vendor URL that mean "the link expired": fall back to the API.
 _EXPIRED_STATUSES = frozenset({403, 404, 410})
 #: Content types that mean "a message", not a video.
@@ -120,38 +120,6 @@ def _disk_error(exc: OSError, dest: Path, part: Path) -> DownloadError:
         why = f"cannot write {part}: {exc.strerror or exc}"
     kept = " The bytes so far stay in the .part file for a later resume." if part.exists() else ""
     return DownloadError(f"download to {dest} failed: {why}.{kept}", path=dest)
-
-
-class _Writer:
-    """Appends chunks to the ``.part`` file in a worker thread, hashing as it goes."""
-
-    def __init__(self, part: Path, offset: int, hasher: Any) -> None:
-        self.part = part
-        self.offset = offset
-        self.hasher = hasher
-        self.file: IO[bytes] | None = None
-
-    def open(self) -> None:
-        mode = "r+b" if self.offset else "wb"
-        self.file = open(self.part, mode)  # noqa: SIM115 - closed by close()
-        self.file.seek(self.offset)
-        self.file.truncate()
-
-    def write(self, chunk: bytes) -> None:
-        assert self.file is not None
-        self.file.write(chunk)
-        if self.hasher is not None:
-            self.hasher.update(chunk)
-
-    def close(self, fsync: bool) -> None:
-        if self.file is not None:
-            try:
-                self.file.flush()
-                if fsync:
-                    os.fsync(self.file.fileno())
-            finally:
-                self.file.close()
-                self.file = None
 
 
 def _hash_prefix(part: Path, length: int) -> Any:
@@ -372,10 +340,10 @@ async def _fetch_once(
         if validator:
             headers["If-Range"] = validator
     try:
-        stream = client._transport.stream("GET", url, headers=headers, own_stall_watch=True)
-        async with stream as resp:
+        opened = client._transport.open_body(url, headers=headers, block_size=chunk_size)
+        async with opened as body:
             return await _receive(
-                resp,
+                body,
                 url,
                 dest,
                 part,
@@ -383,7 +351,6 @@ async def _fetch_once(
                 sha256,
                 on_progress,
                 fsync,
-                chunk_size,
                 client._transport.timeouts.read,
             )
     except (AuthenticationError, RateLimitError):
@@ -427,7 +394,7 @@ def _total_from_content_range(header: str | None, fallback: int | None) -> int |
 
 
 async def _receive(
-    resp: aiohttp.ClientResponse,
+    body: Body,
     url: URL,
     dest: Path,
     part: Path,
@@ -435,18 +402,17 @@ async def _receive(
     sha256: str | None,
     on_progress: Progress | None,
     fsync: bool,
-    chunk_size: int,
     stall_after: float | None,
 ) -> int:
-    if resp.content_type.startswith(_NOT_VIDEO):
-        text = (await resp.content.read(2000)).decode("utf-8", "replace")
+    if body.content_type.startswith(_NOT_VIDEO):
+        text = (await body.read_small_body(2000, stall_after)).decode("utf-8", "replace")
         raise DownloadError(
-            f"expected a video from {url.with_query(None)} but got {resp.content_type}: {text!r}",
+            f"expected a video from {url.with_query(None)} but got {body.content_type}: {text!r}",
             path=dest,
-            status_code=resp.status,
+            status_code=body.status,
         )
-    if resp.status == 206:
-        content_range = resp.headers.get("Content-Range", "")
+    if body.status == 206:
+        content_range = body.headers.get("Content-Range") or ""
         start = content_range.removeprefix("bytes ").split("-", 1)[0]
         if not start.isdigit() or int(start) != offset:
             raise _Restart  # not the range we asked for
@@ -455,8 +421,7 @@ async def _receive(
         if offset:
             log.info("download %s: the server sent the whole file; starting over", dest)
         offset = 0  # a 200: the whole file, from the start
-        total = resp.content_length
-    _save_validator_later = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        total = body.content_length
 
     hasher = None
     if sha256 is not None:
@@ -465,67 +430,73 @@ async def _receive(
             if offset
             else hashlib.sha256()
         )
-    writer = _Writer(part, offset, hasher)
+    writer = PartWriter(part, offset, hasher, body.recycle)
     try:
         await anyio.to_thread.run_sync(writer.open)
     except OSError as exc:
         raise _disk_error(exc, dest, part) from exc
-    _save_validator(part, _save_validator_later)
+    _save_validator(part, body.headers.get("ETag") or body.headers.get("Last-Modified"))
 
-    done = offset
-    send, receive = anyio.create_memory_object_stream[bytes](_QUEUE_CHUNKS)
     failure: list[BaseException] = []
 
-    watch = anyio.CancelScope()
-
-    async def write_chunks() -> None:
-        async with receive:
-            async for chunk in receive:
-                try:
-                    await anyio.to_thread.run_sync(writer.write, chunk)
-                except OSError as exc:
-                    failure.append(exc)
-                    tg.cancel_scope.cancel()
-                    return
-        watch.cancel()  # every byte is written: the stall watch can stop
+    async def write_blocks() -> None:
+        # One worker thread for the whole body; it returns after writer.stop().
+        # Its own limiter: a long download must not hold one of the shared thread tokens.
+        limiter = anyio.CapacityLimiter(1)
+        await anyio.to_thread.run_sync(writer.run, tg.cancel_scope.cancel, limiter=limiter)
+        tg.cancel_scope.cancel()  # every block is written: the stall watch can stop
 
     async def watch_for_stalls(period: float) -> None:
-        # One check per period, instead of aiohttp's timer re-armed on every packet.
+        # One check per period, instead of a timer re-armed on every packet. Bytes written
+        # count as progress too: while the disk catches up, reading pauses.
         seen = -1
-        with watch:
-            while True:
-                await anyio.sleep(period)
-                if done == seen:
-                    failure.append(
-                        APITimeoutError(f"GET {url.path}: no data for {period:g}s mid-download")
-                    )
-                    tg.cancel_scope.cancel()
-                    return
-                seen = done
+        while True:
+            await anyio.sleep(period)
+            now = body.received + writer.written
+            if now == seen:
+                failure.append(
+                    APITimeoutError(f"GET {url.path}: no data for {period:g}s mid-download")
+                )
+                tg.cancel_scope.cancel()
+                return
+            seen = now
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(write_chunks)
+            tg.start_soon(write_blocks)
             if stall_after is not None:
                 tg.start_soon(watch_for_stalls, stall_after)
-            async with send:
-                try:
-                    async for chunk in resp.content.iter_chunked(chunk_size):
-                        await send.send(chunk)
-                        done += len(chunk)
-                        if on_progress is not None:
-                            on_progress(done, total)
-                except _TRANSPORT_ERRORS as exc:
-                    failure.append(translate(exc, f"GET {url.path}"))
+            block: memoryview | None = None
+            reported = offset
+            try:
+                # The network fills the next buffer while the writer thread writes this one.
+                while (block := await body.next_block()) is not None:
+                    await writer.put(block)
+                    block = None
+                    # Neither call need wait when the data is there: let a cancellation in.
+                    await anyio.lowlevel.checkpoint()
+                    if on_progress is not None and offset + writer.written != reported:
+                        reported = offset + writer.written
+                        on_progress(reported, total)
+            except Exception as exc:  # a dropped connection, or on_progress's own error
+                failure.append(exc)  # raised as itself below, not in an ExceptionGroup
+            finally:
+                # What arrived but is not written yet (a stall, a cancellation) is kept
+                # too, in order: the .part is what a resume continues.
+                if writer.error is None:
+                    for rest in ([block] if block is not None else []) + body.leftovers():
+                        writer.put_nowait(rest)
+                writer.stop()
     finally:
-        # Flushed and closed even when cancelled: the .part is what a resume continues.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.close, fsync)
+    if writer.error is not None:
+        raise _disk_error(writer.error, dest, part) from writer.error
     if failure:
-        error = failure[0]
-        if isinstance(error, OSError):
-            raise _disk_error(error, dest, part) from error
-        raise error
+        raise failure[0]
+    done = offset + writer.written
+    if on_progress is not None and done != reported:
+        on_progress(done, total)
     await _verify_and_finish(dest, part, done, total, hasher, sha256, fsync)
     return done
 

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from ._errors import APIConnectionError, APITimeoutError
 
-__all__ = ["FastGetPool", "Headers", "UnusualResponse"]
+__all__ = [
+    "FastGetPool",
+    "Headers",
+    "UnusualResponse",
+    "body_framing",
+    "connect",
+    "decode_chunked",
+    "parse_head",
+]
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 2**20
@@ -43,6 +52,97 @@ class Headers(dict[str, str]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and dict.__contains__(self, key.lower())
+
+
+def parse_head(head: bytes) -> tuple[int, Headers]:
+    """The status and headers of a response head (without its final blank line)."""
+    lines = head.split(b"\r\n")
+    try:
+        _, code, *_ = lines[0].split(b" ", 2)
+        status = int(code)
+    except ValueError:
+        raise UnusualResponse(f"bad status line {lines[0][:80]!r}") from None
+    headers = Headers()
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return status, headers
+
+
+def body_framing(status: int, headers: Headers) -> tuple[int, bool]:
+    """How the body ends: (its length, or -1 for "at the close"; whether it is chunked)."""
+    if "chunked" in headers.value("transfer-encoding").lower():
+        return -1, True
+    if "content-length" in headers:
+        try:
+            return int(headers["content-length"]), False
+        except ValueError:
+            raise UnusualResponse("bad Content-Length") from None
+    if status in (204, 304) or 100 <= status < 200:
+        return 0, False
+    return -1, False
+
+
+def decode_chunked(buffer: bytes | bytearray, pos: int) -> bytes | None:
+    """The body of a chunked message starting at ``pos``; None while it is incomplete."""
+    body = bytearray()
+    while True:
+        end = buffer.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        try:
+            size = int(bytes(buffer[pos:end]).split(b";")[0], 16)
+        except ValueError:
+            raise UnusualResponse("bad chunk size") from None
+        if size == 0:
+            if buffer.find(b"\r\n", end + 2) < 0:
+                return None  # trailers not complete yet
+            return bytes(body)
+        if len(buffer) < end + 2 + size + 2:
+            return None
+        body += buffer[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def connect(
+    factory: Callable[[], _P],
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float | None,
+    what: str,
+) -> _P:
+    """Open a connection for ``factory``'s protocol, failing in aio88's own words.
+
+    Raises:
+        APITimeoutError: Not connected within ``timeout`` (``request_sent=False``).
+        APIConnectionError: Refused, unreachable or unresolvable (``request_sent=False``).
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(
+                factory,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context is not None else None,
+            ),
+            timeout,
+        )
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        raise APITimeoutError(
+            f"{what}: timed out connecting to {host}:{port}", request_sent=False
+        ) from exc
+    except OSError as exc:
+        raise APIConnectionError(
+            f"{what}: cannot connect to {host}:{port} ({exc.strerror or exc})",
+            request_sent=False,
+        ) from exc
+    return protocol
 
 
 class _Connection(asyncio.Protocol):
@@ -112,55 +212,31 @@ class _Connection(asyncio.Protocol):
     # -- parsing --
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
         try:
-            _, code, *_ = lines[0].split(b" ", 2)
-            status = int(code)
-        except ValueError:
-            self._fail(UnusualResponse(f"bad status line {lines[0][:80]!r}"))
+            status, headers = parse_head(head)
+        except UnusualResponse as exc:
+            self._fail(exc)
             return
-        headers = Headers()
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         self._head = (status, headers)
         if 300 <= status < 400:
             self._fail(UnusualResponse(f"redirect {status}"))
             return
-        if "chunked" in headers.value("transfer-encoding").lower():
-            self._chunked = True
-        elif "content-length" in headers:
-            try:
-                self._length = int(headers["content-length"])
-            except ValueError:
-                self._fail(UnusualResponse("bad Content-Length"))
-                return
-            if self._length > _MAX_BODY:
-                self._fail(UnusualResponse("body too large for a poll"))
-        elif status in (204, 304) or 100 <= status < 200:
-            self._length = 0
+        try:
+            self._length, self._chunked = body_framing(status, headers)
+        except UnusualResponse as exc:
+            self._fail(exc)
+            return
+        if self._length > _MAX_BODY:
+            self._fail(UnusualResponse("body too large for a poll"))
 
     def _try_chunked(self) -> None:
-        buffer, pos = self._buffer, self._body_start
-        body = bytearray()
-        while True:
-            end = buffer.find(b"\r\n", pos)
-            if end < 0:
-                return
-            try:
-                size = int(bytes(buffer[pos:end]).split(b";")[0], 16)
-            except ValueError:
-                self._fail(UnusualResponse("bad chunk size"))
-                return
-            if size == 0:
-                if buffer.find(b"\r\n", end + 2) < 0:
-                    return  # trailers not complete yet
-                self._finish(keep_alive=True, body=bytes(body))
-                return
-            if len(buffer) < end + 2 + size + 2:
-                return
-            body += buffer[end + 2 : end + 2 + size]
-            pos = end + 2 + size + 2
+        try:
+            body = decode_chunked(self._buffer, self._body_start)
+        except UnusualResponse as exc:
+            self._fail(exc)
+            return
+        if body is not None:
+            self._finish(keep_alive=True, body=body)
 
     def _finish(self, *, keep_alive: bool, body: bytes | None = None) -> None:
         assert self._head is not None
@@ -280,27 +356,9 @@ class FastGetPool:
             raise APIConnectionError("the client is closed", request_sent=False)
         if self._sweeper is None and self._total_timeout is not None:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    _Connection,
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl else None,
-                ),
-                self._connect_timeout,
-            )
-        except (TimeoutError, asyncio.TimeoutError) as exc:
-            raise APITimeoutError(
-                f"GET: timed out connecting to {self.host}:{self.port}", request_sent=False
-            ) from exc
-        except OSError as exc:
-            raise APIConnectionError(
-                f"GET: cannot connect to {self.host}:{self.port} ({exc.strerror or exc})",
-                request_sent=False,
-            ) from exc
-        return conn
+        return await connect(
+            _Connection, self.host, self.port, self._ssl, self._connect_timeout, "GET"
+        )
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail requests older than the total timeout; one timer for the whole pool."""

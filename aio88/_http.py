@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
+from ._body import FastBody, open_body
 from ._config import RetryPolicy, Timeouts
 from ._errors import (
     APIConnectionError,
@@ -31,7 +33,7 @@ from ._fastget import FastGetPool, UnusualResponse
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._version import __version__
 
-__all__ = ["Response", "Transport"]
+__all__ = ["AiohttpBody", "Body", "Response", "Transport"]
 
 log = logging.getLogger("aio88")
 
@@ -91,6 +93,59 @@ _TRANSPORT_ERRORS = (
 )
 
 
+#: How many redirects a download follows.
+MAX_REDIRECTS = 10
+
+
+class AiohttpBody:
+    """A download's body read through aiohttp: the fallback to :class:`FastBody`, with the
+    same interface (used with a caller's own session, or for a chunked or encoded body)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, block_size: int) -> None:
+        self._response = response
+        self._block_size = block_size
+        self._what = f"GET {response.url.path}"
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self.content_type = response.content_type
+        # A compressed body arrives decompressed: its Content-Length says nothing then.
+        encoded = response.headers.get("Content-Encoding", "identity") not in ("", "identity")
+        self.content_length = None if encoded else response.content_length
+        #: Body bytes received so far.
+        self.received = 0
+
+    async def next_block(self) -> memoryview | None:
+        """The next piece of the body (up to the block size), or None at its end."""
+        try:
+            chunk = await self._response.content.read(self._block_size)
+        except _TRANSPORT_ERRORS as exc:
+            raise translate(exc, self._what) from exc
+        if not chunk:
+            return None
+        self.received += len(chunk)
+        return memoryview(chunk)
+
+    def recycle(self, block: memoryview) -> None:
+        """Nothing to reuse: aiohttp makes a new ``bytes`` each time."""
+
+    def leftovers(self) -> list[memoryview]:
+        """Nothing is held back: each piece is handed out as it comes."""
+        return []
+
+    async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
+        """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
+        with anyio.move_on_after(timeout):
+            try:
+                return await self._response.content.read(limit)
+            except _TRANSPORT_ERRORS:
+                pass
+        return b""
+
+
+#: A download's response, whichever way it is read.
+Body = FastBody | AiohttpBody
+
+
 class Transport:
     """Owns the aiohttp session and sends every request of one :class:`~aio88.Client`."""
 
@@ -138,6 +193,7 @@ class Transport:
         self._download_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=None
         )
+        self._tls: ssl.SSLContext | None = None
         self._consecutive_429 = 0
         #: Requests sent, including retries (for stats and tests).
         self.requests_sent = 0
@@ -414,10 +470,12 @@ class Transport:
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
                 continue
             if resp.status >= 400:
+                body = b""
                 try:
-                    body = await resp.content.read(ERROR_BODY_LIMIT)
+                    with anyio.move_on_after(self.timeouts.read):
+                        body = await resp.content.read(ERROR_BODY_LIMIT)
                 except _TRANSPORT_ERRORS:
-                    body = b""
+                    pass
                 finally:
                     resp.release()
                 delay = self._delay_or_raise(resp.status, resp.headers, body, attempt, True, what)
@@ -429,3 +487,75 @@ class Transport:
             finally:
                 resp.release()
             return
+
+    @asynccontextmanager
+    async def open_body(
+        self, url: URL, *, headers: Mapping[str, str], block_size: int
+    ) -> AsyncIterator[Body]:
+        """Open a download's response: its status is 2xx, its body not read yet.
+
+        With the transport's own session, the request goes on its own connection and the
+        body is read straight into large buffers (:mod:`aio88._body`); redirects are
+        followed here, with credentials only for the API's origin. A caller's session,
+        or an answer the fast path does not read (a chunked or encoded body), goes through
+        aiohttp instead. Retries, pacing and errors are as for :meth:`stream`.
+        """
+        if self.fast is None:
+            async with self.stream("GET", url, headers=headers, own_stall_watch=True) as resp:
+                yield AiohttpBody(resp, block_size)
+            return
+        request_headers = {**self.auth_headers_for(url), **headers}
+        attempt = redirects = 0
+        while True:
+            await self._wait_turn()
+            attempt += 1
+            self.requests_sent += 1
+            what = f"GET {url.path}"
+            try:
+                body = await open_body(
+                    url,
+                    request_headers,
+                    ssl_context=self._tls_context() if url.scheme == "https" else None,
+                    connect_timeout=self.timeouts.connect,
+                    head_timeout=self.timeouts.read,
+                    buffer_size=block_size,
+                )
+            except UnusualResponse as exc:
+                log.debug("%s: %s; reading it with aiohttp", what, exc)
+                break
+            except _TRANSPORT_ERRORS as exc:
+                await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
+                continue
+            status, location = body.status, body.headers.get("location")
+            if status in (301, 302, 303, 307, 308) and location:
+                body.close()
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise APIConnectionError(f"{what}: more than {MAX_REDIRECTS} redirects")
+                url = url.join(URL(location))
+                # Credentials only to the API's origin: a CDN never sees the key.
+                request_headers = {**self.auth_headers_for(url), **headers}
+                attempt -= 1  # following a redirect is not a retry
+                continue
+            if status >= 300:
+                error_body = await body.read_small_body(ERROR_BODY_LIMIT, self.timeouts.read)
+                delay = self._delay_or_raise(status, body.headers, error_body, attempt, True, what)
+                if delay > 0:
+                    await anyio.sleep(delay)
+                continue
+            if self._consecutive_429:
+                self._consecutive_429 = 0
+            self.rate.on_success()
+            try:
+                yield body
+            finally:
+                body.close()
+            return
+        async with self.stream("GET", url, headers=headers, own_stall_watch=True) as resp:
+            yield AiohttpBody(resp, block_size)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The TLS settings for downloads, made once (loading the CA store takes time)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls

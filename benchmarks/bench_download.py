@@ -4,7 +4,9 @@ nginx on loopback serves a 256 MiB and a 1 GiB file at ``/v1/videos/{id}/content
 client downloads each file in its own process (so peak RSS is that client's alone),
 alternating over ``--rounds`` (who goes first rotates; one unmeasured warm-up download per
 file first); medians and bests are reported. For aio88 the event loop's lag is
-measured too (a 1 ms ticker's worst lateness), and ``--chunks`` sweeps the chunk size.
+measured too (a 1 ms ticker's worst lateness), and ``--chunks`` sweeps the buffer size.
+``aio88-session`` is aio88 given the caller's own aiohttp session: its fallback path,
+which reads the body through aiohttp.
 
     python -m benchmarks.bench_download [--sizes 256 1024] [--rounds 3] [--chunks ...]
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 from ._server import StaticServer
 
-CLIENTS = ["aio88", "curl", "openai-default", "openai-aiohttp"]
+CLIENTS = ["aio88", "curl", "openai-default", "openai-aiohttp", "aio88-session"]
 
 
 # -- the child: one client, one download -----------------------------------------------
@@ -37,7 +39,13 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _aio88(base_url: str, name: str, dest: Path, chunk: int) -> dict[str, float]:
+async def _aio88(
+    base_url: str, name: str, dest: Path, chunk: int, own_session: bool = False
+) -> dict[str, float]:
+    """aio88's download; with ``own_session``, through a caller's aiohttp session (the
+    aiohttp fallback path instead of aio88's own body reader)."""
+    import aiohttp
+
     from aio88 import Client
     from aio88._download import download
 
@@ -51,11 +59,16 @@ async def _aio88(base_url: str, name: str, dest: Path, chunk: int) -> dict[str, 
             await asyncio.sleep(0.001)
             lags.append(loop.time() - start - 0.001)
 
-    async with Client("sk-bench", base_url=base_url) as client:
-        tick = asyncio.create_task(ticker())
-        await download(client, name, dest, chunk_size=chunk)
-        stop.set()
-        await tick
+    session = aiohttp.ClientSession() if own_session else None
+    try:
+        async with Client("sk-bench", base_url=base_url, session=session) as client:
+            tick = asyncio.create_task(ticker())
+            await download(client, name, dest, chunk_size=chunk)
+            stop.set()
+            await tick
+    finally:
+        if session is not None:
+            await session.close()
     lags.sort()
     return {"lag_max_ms": lags[-1] * 1000, "lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] * 1000}
 
@@ -72,7 +85,7 @@ async def _openai(base_url: str, name: str, dest: Path, backend: str) -> dict[st
 
 def _import_client(client: str) -> None:
     """Import the client's libraries up front, so that the timing is the work alone."""
-    if client == "aio88":
+    if client.startswith("aio88"):
         import aio88._download  # noqa: F401
     elif client.startswith("openai"):
         import openai  # noqa: F401
@@ -94,8 +107,8 @@ def child(client: str, base_url: str, name: str, dest: Path, chunk: int) -> dict
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         cpu_used = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
     else:
-        if client == "aio88":
-            extra = asyncio.run(_aio88(base_url, name, dest, chunk))
+        if client.startswith("aio88"):
+            extra = asyncio.run(_aio88(base_url, name, dest, chunk, client == "aio88-session"))
         else:
             asyncio.run(_openai(base_url, name, dest, client.split("-")[1]))
         peak = _rss_mib()
@@ -184,12 +197,18 @@ def run(sizes_mib: list[int], rounds: int, chunks: list[int], clients: list[str]
                     }
                 )
         name, size = next(iter(files.items()))
-        for chunk in chunks:
-            results = [run_one("aio88", server, name, size, chunk) for _ in range(rounds)]
+        by_chunk: dict[int, list[dict[str, Any]]] = {chunk: [] for chunk in chunks}
+        for round_number in range(rounds):
+            shift = round_number % len(chunks)  # interleaved and rotated, as above
+            for chunk in chunks[shift:] + chunks[:shift]:
+                by_chunk[chunk].append(run_one("aio88", server, name, size, chunk))
+        for chunk, results in by_chunk.items():
             sweep.append(
                 {
                     "chunk_kib": chunk >> 10,
                     "mb_s": max(r["mb_s"] for r in results),
+                    "median_mb_s": statistics.median(r["mb_s"] for r in results),
+                    "cpu": statistics.median(r["cpu"] for r in results),
                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
                 }
             )
@@ -220,9 +239,14 @@ def table(report: dict[str, Any]) -> str:
                 f"{ratio} | {r['cpu']:.2f} | "
                 f"{r['peak_rss_mib']:.0f} | {growth} | {lag} |"
             )
-    lines += ["", "| aio88 chunk | MB/s | peak RSS MiB |", "|---:|---:|---:|"]
     lines += [
-        f"| {s['chunk_kib']} KiB | {s['mb_s']:.0f} | {s['peak_rss_mib']:.0f} |"
+        "",
+        "| aio88 buffer | best MB/s | median MB/s | CPU s (median) | peak RSS MiB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {s['chunk_kib']} KiB | {s['mb_s']:.0f} | {s['median_mb_s']:.0f} | "
+        f"{s['cpu']:.2f} | {s['peak_rss_mib']:.0f} |"
         for s in report["sweep"]
     ]
     return "\n".join(lines)

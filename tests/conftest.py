@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
 import pytest
+
+#: What a raw server answers to a request (its raw bytes): the reply, or None to close.
+Answer = Callable[[bytes], bytes | None]
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +43,98 @@ BOTH_DIALECTS = pytest.mark.parametrize(
     indirect=True,
     ids=["docs", "newapi"],
 )
+
+
+class RawServers:
+    """Loopback servers whose every request gets ``answer(request)``: the reply's bytes,
+    or None to close at once. A reply saying ``Connection: close`` closes after it; one
+    containing ``HANG`` stays silent for 5 s."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.servers: list[asyncio.Server] = []
+
+    async def start(self, answer: Answer) -> int:
+        """Start a server; return its port."""
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    reply = answer(await reader.readuntil(b"\r\n\r\n"))
+                    if reply is None:
+                        break
+                    writer.write(reply)
+                    await writer.drain()
+                    if b"HANG" in reply:
+                        await asyncio.sleep(5)
+                    if b"Connection: close" in reply or b"HANG" in reply:
+                        break
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop every server."""
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Answer], asyncio.Future[int]]]:
+    """Start a plain-HTTP raw server (see :class:`RawServers`); returns its port."""
+    servers = RawServers()
+    yield servers.start  # type: ignore[misc]
+    await servers.close()
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_server(
+    tls_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[[Answer], asyncio.Future[int]]]:
+    """Start a raw server over TLS for 127.0.0.1, which the client trusts through
+    ``SSL_CERT_FILE`` (as a real deployment would); returns its port."""
+    cert, key = tls_cert
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the default context trusts
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    servers = RawServers(server_context)
+    yield servers.start  # type: ignore[misc]
+    await servers.close()

@@ -40,10 +40,10 @@ def test_bench_download_smoke() -> None:
     if not shutil.which("nginx"):
         pytest.skip("the download benchmark needs nginx (CI installs it)")
     report = bench_download.run(
-        [1], rounds=1, chunks=[1 << 20], clients=["aio88", "openai-default"]
+        [1], rounds=1, chunks=[1 << 20], clients=["aio88", "openai-default", "aio88-session"]
     )
     clients = {row["client"] for row in report["rows"]}
-    assert clients == {"aio88", "openai-default"}
+    assert clients == {"aio88", "openai-default", "aio88-session"}
     assert report["sweep"][0]["mb_s"] > 0
     assert "MB/s" in bench_download.table(report)
 

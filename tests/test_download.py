@@ -147,11 +147,11 @@ async def test_memory_stays_flat(tmp_path: Path, emulator_process: str) -> None:
         finally:
             tracemalloc.stop()
     assert (tmp_path / "big.mp4").stat().st_size == size
-    # Three 1 MiB chunks (read, queued, being written) and aiohttp's read buffer of two.
-    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    # Three 1 MiB buffers (being filled, waiting, being written) and small change.
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
 
 
-@pytest.mark.aio88_emulator(duration=None, content_size=8 * 2**20)
+@pytest.mark.aio88_emulator(duration=None, content_size=32 * 2**20)
 async def test_cancelled_download_resumes(
     aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -168,7 +168,7 @@ async def test_cancelled_download_resumes(
         await aio88_client.videos.download(task_id, dest, on_progress=progress)
     assert scope.cancelled_caught
     assert not dest.exists()
-    assert part.exists() and 0 < part.stat().st_size < 8 * 2**20
+    assert part.exists() and 0 < part.stat().st_size < 32 * 2**20
     kept = part.stat().st_size
     await aio88_client.videos.download(task_id, dest)
     assert sha256_of(dest) == aio88_emulator.content_sha256
@@ -508,3 +508,19 @@ def test_download_queue_needs_a_slot(aio88_client: Client, tmp_path: Path) -> No
 
     with pytest.raises(ValueError, match="at least 1"):
         DownloadQueue(aio88_client, tmp_path, None, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.aio88_emulator(duration=None, content_size=4 * 2**20)
+async def test_progress_callback_error_is_raised_as_itself(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """An exception from on_progress stops the download and reaches the caller as itself
+    (not wrapped in an ExceptionGroup); what arrived stays in the .part."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+
+    def progress(done: int, total: int | None) -> None:
+        raise LookupError("the caller's own bug")
+
+    with pytest.raises(LookupError, match="the caller's own bug"):
+        await aio88_client.videos.download(task_id, tmp_path / "v.mp4", on_progress=progress)
+    assert not (tmp_path / "v.mp4").exists() and (tmp_path / "v.mp4.part").stat().st_size > 0

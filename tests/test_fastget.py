@@ -7,55 +7,16 @@ bodies, a body ended by the close, a redirect, broken heads, a stall) are still 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import ssl
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from conftest import Answer
 
 from aio88 import APIConnectionError, APITimeoutError, Client
 from aio88._fastget import FastGetPool, Headers, UnusualResponse
 from aio88.testing import Emulator
 
 TASK = b'{"id":"task_1","status":"completed","progress":100}'
-
-Answer = Callable[[bytes], bytes | None]
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[Answer], asyncio.Future[int]]]:
-    """Start a server whose every request gets ``answer(request)``; None closes at once."""
-    servers: list[asyncio.Server] = []
-
-    async def start(answer: Answer) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:
-                    request = await reader.readuntil(b"\r\n\r\n")
-                    reply = answer(request)
-                    if reply is None:
-                        break
-                    writer.write(reply)
-                    await writer.drain()
-                    if b"Connection: close" in reply or b"HANG" in reply:
-                        if b"HANG" in reply:
-                            await asyncio.sleep(5)
-                        break
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start  # type: ignore[misc]
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 def pool(port: int, total: float | None = 5.0) -> FastGetPool:
@@ -210,69 +171,21 @@ async def test_callers_session_skips_the_fast_path(aio88_emulator: Emulator) -> 
             await client.videos.retrieve(aio88_emulator.add_task())
 
 
-@pytest.fixture
-def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate and key for 127.0.0.1."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def test_polls_over_tls(tls_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_polls_over_tls(tls_server: Callable[[Answer], asyncio.Future[int]]) -> None:
     """The fast path speaks TLS (88api.ai is https): handshake, certificate and hostname
     checked against a self-signed certificate for 127.0.0.1 that the test trusts."""
-    cert, key = tls_cert
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the default context trusts
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
     requests: list[bytes] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                requests.append(await reader.readuntil(b"\r\n\r\n"))
-                writer.write(ok(TASK))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
+    def answer(request: bytes) -> bytes:
+        requests.append(request)
+        return ok(TASK)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with Client("k", base_url=f"https://127.0.0.1:{port}") as client:
-            assert client._transport.fast is not None
-            for _ in range(3):
-                video = await client.videos.retrieve("task_1")
-                assert video.id == "task_1"
-    finally:
-        server.close()
-        await server.wait_closed()
+    port = await tls_server(answer)
+    async with Client("k", base_url=f"https://127.0.0.1:{port}") as client:
+        assert client._transport.fast is not None
+        for _ in range(3):
+            video = await client.videos.retrieve("task_1")
+            assert video.id == "task_1"
     assert len(requests) == 3
     assert requests[0].startswith(b"GET /v1/videos/task_1 HTTP/1.1\r\nHost: 127.0.0.1:")
 
