@@ -33,6 +33,7 @@ from ._fastget import (
     body_framing,
     connect,
     decode_chunked,
+    host_header,
     parse_head,
 )
 
@@ -299,11 +300,8 @@ class FastBody(asyncio.BufferedProtocol):
 
 
 def _host_header(url: URL) -> str:
-    host = url.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal
-    port = url.explicit_port
-    return host if port is None else f"{host}:{port}"
+    assert url.raw_host is not None and url.port is not None
+    return host_header(url.raw_host, url.port, 443 if url.scheme == "https" else 80)
 
 
 async def open_body(

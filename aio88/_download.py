@@ -594,12 +594,6 @@ class DownloadQueue:
                     )
                 saved = await self._client.download(task, path)
                 result = Outcome(outcome.id, outcome.kind, task, None, saved)
-            except (
-                ValueError,
-                TypeError,
-                DownloadError,
-                APIConnectionError,
-                APIStatusError,
-            ) as exc:
+            except _BULK_ERRORS as exc:
                 result = Outcome(outcome.id, outcome.kind, task, exc, None)
             self._deliver.send_nowait(result)

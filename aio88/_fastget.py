@@ -25,6 +25,7 @@ __all__ = [
     "body_framing",
     "connect",
     "decode_chunked",
+    "host_header",
     "parse_head",
 ]
 
@@ -102,6 +103,14 @@ def decode_chunked(buffer: bytes | bytearray, pos: int) -> bytes | None:
             return None
         body += buffer[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
+
+
+def host_header(host: str, port: int, default_port: int) -> str:
+    """The ``Host`` header's value: the port only when not the scheme's default; an IPv6
+    literal in brackets."""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port == default_port else f"{host}:{port}"
 
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -306,8 +315,8 @@ class FastGetPool:
         self.host = host
         self.port = port
         self._ssl = ssl.create_default_context() if use_tls else None
-        host_header = host if port in (80, 443) else f"{host}:{port}"
-        lines = [f"Host: {host_header}"] + [f"{k}: {v}" for k, v in headers.items()]
+        lines = [f"Host: {host_header(host, port, 443 if use_tls else 80)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
         self._tail = ("\r\n".join(["", *lines]) + "\r\n\r\n").encode("latin-1")
         self._prefix = prefix.encode()
         self._idle: list[_Connection] = []

@@ -500,10 +500,20 @@ class Transport:
         or an answer the fast path does not read (a chunked or encoded body), goes through
         aiohttp instead. Retries, pacing and errors are as for :meth:`stream`.
         """
-        if self.fast is None:
+        fast = await self._open_fast_body(url, headers, block_size) if self.fast else None
+        if fast is None:
             async with self.stream("GET", url, headers=headers, own_stall_watch=True) as resp:
                 yield AiohttpBody(resp, block_size)
             return
+        try:
+            yield fast
+        finally:
+            fast.close()
+
+    async def _open_fast_body(
+        self, url: URL, headers: Mapping[str, str], block_size: int
+    ) -> FastBody | None:
+        """:meth:`open_body` on aio88's own connection; None when aiohttp should read it."""
         request_headers = {**self.auth_headers_for(url), **headers}
         attempt = redirects = 0
         while True:
@@ -522,7 +532,7 @@ class Transport:
                 )
             except UnusualResponse as exc:
                 log.debug("%s: %s; reading it with aiohttp", what, exc)
-                break
+                return None
             except _TRANSPORT_ERRORS as exc:
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
                 continue
@@ -546,13 +556,7 @@ class Transport:
             if self._consecutive_429:
                 self._consecutive_429 = 0
             self.rate.on_success()
-            try:
-                yield body
-            finally:
-                body.close()
-            return
-        async with self.stream("GET", url, headers=headers, own_stall_watch=True) as resp:
-            yield AiohttpBody(resp, block_size)
+            return body
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings for downloads, made once (loading the CA store takes time)."""

@@ -645,15 +645,20 @@ class Poller:
     # -- the scheduler -----------------------------------------------------------------
 
     async def _take(self) -> _Tracked:
-        """The next due task; the caller is the only worker sleeping for it."""
+        """The next due task to poll; one past its deadline is finished here instead (with
+        the time already read). The caller is the only worker sleeping for it."""
         async with self._take_lock:
             heap, clock = self._heap, self._clock
             while True:
                 now = clock.now()
                 while heap and heap[0][0] <= now:
                     entry = heapq.heappop(heap)[1]
-                    if entry.live:
+                    if not entry.live:
+                        continue
+                    if now < entry.deadline:
                         return entry
+                    timeout = WaitTimeoutError(entry.id, entry.timeout, entry.task)
+                    self._finish(entry, entry.task, timeout)
                 due = heap[0][0] if heap else math.inf
                 scope = self._sleep_scope = anyio.CancelScope()
                 self._sleeping_until = due
@@ -673,13 +678,7 @@ class Poller:
                 # not let one worker hold the loop: step aside now and then.
                 streak = 0
                 await asyncio.sleep(0)
-            entry = await self._take()
-            if self._clock.now() >= entry.deadline:
-                self._finish(
-                    entry, entry.task, WaitTimeoutError(entry.id, entry.timeout, entry.task)
-                )
-                continue
-            await self._poll(entry)
+            await self._poll(await self._take())
 
     async def _poll(self, entry: _Tracked) -> None:
         transport = self._client._transport
