@@ -6,7 +6,7 @@ import enum
 import math
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -28,9 +28,10 @@ from ._config import (
 )
 from ._download import DownloadQueue, download
 from ._errors import DownloadError
-from ._http import Transport
+from ._http import SSLSetting, Transport
 from ._models import GenerationTask, Video
 from ._poll import DEFAULT_WAIT_TIMEOUT, Clock, Kind, Outcome, Poller, Schedule, Task, Watch
+from ._proxies import ProxySetting
 from ._resources import Generations, Videos
 
 __all__ = ["Client"]
@@ -81,12 +82,24 @@ class Client:
         rate_limit: Requests per second for the whole client (every create, poll and
             download shares it); ``None`` for no steady limit. A 429 slows the whole
             client either way.
-        headers: Extra headers for every API request (never sent to other origins).
-        session: Your own ``aiohttp.ClientSession``; the client then does not close it.
+        headers: Extra headers for every API request (never sent to other origins). A
+            ``User-Agent`` or ``Host`` here replaces the default one.
+        proxy: A proxy URL for every request (``"http://user:pass@proxy:3128"``), or
+            ``False`` to ignore the environment. By default, ``HTTPS_PROXY``,
+            ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` are honoured (read once).
+        ssl: An ``ssl.SSLContext`` (to trust a corporate CA, say), or ``False`` to skip
+            certificate checks (logged as a warning). By default, the system's CAs, or
+            ``SSL_CERT_FILE``.
+        trace_configs: aiohttp ``TraceConfig`` objects that see every request the client
+            sends (OpenTelemetry's aiohttp instrumentation, your own tracing).
+        session: Your own ``aiohttp.ClientSession``; the client then does not close it,
+            and its connector, TLS and tracing settings apply (so ``ssl`` and
+            ``trace_configs`` cannot be given with it).
         download_concurrency: Most downloads streaming at once, across the client.
 
     Raises:
-        ValueError: No API key, or a malformed ``base_url``.
+        ValueError: No API key, a malformed ``base_url`` or proxy, or a header (or key)
+            with a line break in it.
     """
 
     generations: Generations
@@ -104,6 +117,9 @@ class Client:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         rate_limit: float | None = None,
         headers: Mapping[str, str] | None = None,
+        proxy: ProxySetting = None,
+        ssl: SSLSetting = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         session: aiohttp.ClientSession | None = None,
         download_concurrency: int = 8,
     ) -> None:
@@ -120,6 +136,11 @@ class Client:
         self._download_concurrency = download_concurrency
         if headers and any(name.lower() == "authorization" for name in headers):
             raise ValueError("pass the key as api_key, not as an Authorization header")
+        if session is not None and (ssl is not None or trace_configs):
+            raise ValueError(
+                "ssl and trace_configs belong to your own session when you pass one: set "
+                "them on its connector and in ClientSession(trace_configs=...)"
+            )
         self._state = _State.UNOPENED
         self._transport = Transport(
             api_key=key.strip(),
@@ -129,6 +150,9 @@ class Client:
             rate_limit=rate_limit,
             max_connections=max_connections,
             headers=headers,
+            proxy=proxy,
+            ssl=ssl,
+            trace_configs=trace_configs,
             session=session,
         )
         self.generations = Generations(self)

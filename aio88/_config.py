@@ -14,12 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CREATE_KEEPALIVE",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "ERROR_BODY_LIMIT",
+    "MAX_REDIRECTS",
+    "POOL_KEEPALIVE",
     "RetryPolicy",
     "Timeouts",
 ]
@@ -32,6 +36,16 @@ ENV_BASE_URL = "AIO88_BASE_URL"
 DEFAULT_BASE_URL = "https://88api.ai"
 #: Most connections the client keeps open at once (aiohttp's connector limit).
 DEFAULT_MAX_CONNECTIONS = 100
+#: How long an idle pooled connection is kept for reuse (aiohttp's default).
+POOL_KEEPALIVE = 15.0
+#: A create reuses a pooled connection only if it was used this many seconds ago at most:
+#: servers close idle connections after a few seconds (nginx: 75 s, many balancers: 5 s),
+#: and a POST sent on a connection being closed fails although the server never saw it.
+CREATE_KEEPALIVE = 1.0
+#: How much of an error body is read: enough for any JSON error, never a whole video.
+ERROR_BODY_LIMIT = 64 * 1024
+#: How many redirects a request follows.
+MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +55,10 @@ class Timeouts:
     ========  =================================================================
     field     bounds
     ========  =================================================================
-    connect   establishing a connection, including the wait for a pool slot
-    read      the gap between two reads of the response (a stalled stream)
+    connect   establishing a connection (TCP, proxy and TLS; not the wait for a
+              free slot among ``max_connections``)
+    read      the gap between two reads of the response (a silent server, a
+              stalled stream)
     total     a whole API request (JSON calls; not downloads, which only have
               ``connect`` and ``read`` so that big files are never cut off)
     ========  =================================================================

@@ -32,7 +32,6 @@ from yarl import URL
 from ._errors import (
     APIConnectionError,
     APIStatusError,
-    APITimeoutError,
     AuthenticationError,
     DownloadError,
     RateLimitError,
@@ -430,7 +429,7 @@ async def _receive(
             if offset
             else hashlib.sha256()
         )
-    writer = PartWriter(part, offset, hasher, body.recycle)
+    writer = PartWriter(part, offset, hasher)
     try:
         await anyio.to_thread.run_sync(writer.open)
     except OSError as exc:
@@ -444,32 +443,16 @@ async def _receive(
         # Its own limiter: a long download must not hold one of the shared thread tokens.
         limiter = anyio.CapacityLimiter(1)
         await anyio.to_thread.run_sync(writer.run, tg.cancel_scope.cancel, limiter=limiter)
-        tg.cancel_scope.cancel()  # every block is written: the stall watch can stop
 
-    async def watch_for_stalls(period: float) -> None:
-        # One check per period, instead of a timer re-armed on every packet. Bytes written
-        # count as progress too: while the disk catches up, reading pauses.
-        seen = -1
-        while True:
-            await anyio.sleep(period)
-            now = body.received + writer.written
-            if now == seen:
-                failure.append(
-                    APITimeoutError(f"GET {url.path}: no data for {period:g}s mid-download")
-                )
-                tg.cancel_scope.cancel()
-                return
-            seen = now
-
+    # A stalled body is aiohttp's to notice (Timeouts.read between two reads of the
+    # socket); while the disk is behind, reading is paused and that timer with it.
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_blocks)
-            if stall_after is not None:
-                tg.start_soon(watch_for_stalls, stall_after)
-            block: memoryview | None = None
+            block: bytes | None = None
             reported = offset
             try:
-                # The network fills the next buffer while the writer thread writes this one.
+                # The network fills the next block while the writer thread writes this one.
                 while (block := await body.next_block()) is not None:
                     await writer.put(block)
                     block = None
@@ -481,11 +464,10 @@ async def _receive(
             except Exception as exc:  # a dropped connection, or on_progress's own error
                 failure.append(exc)  # raised as itself below, not in an ExceptionGroup
             finally:
-                # What arrived but is not written yet (a stall, a cancellation) is kept
-                # too, in order: the .part is what a resume continues.
-                if writer.error is None:
-                    for rest in ([block] if block is not None else []) + body.leftovers():
-                        writer.put_nowait(rest)
+                # A block taken but not handed over yet (a cancellation) is kept too: the
+                # .part is what a resume continues.
+                if writer.error is None and block is not None:
+                    writer.put_nowait(block)
                 writer.stop()
     finally:
         with anyio.CancelScope(shield=True):

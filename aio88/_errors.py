@@ -53,6 +53,7 @@ __all__ = [
     "WaitTimeoutError",
     "make_status_error",
     "request_id_from",
+    "wrong_task_error",
 ]
 
 #: How much of an unexpected body an exception message quotes.
@@ -296,6 +297,17 @@ _HINT_BY_STATUS = {
 }
 
 _body_decoder = msgspec.json.Decoder()
+
+
+def wrong_task_error(asked: str, got: str) -> APIResponseValidationError:
+    """The error for an answer about another task than the one asked for (a cache or a
+    proxy that mixed answers up): never taken as the answer."""
+    return APIResponseValidationError(
+        f"asked for task {asked} but the answer is about task {got}; a proxy or cache "
+        "between you and the API may be mixing up answers",
+        status_code=200,
+        body_excerpt=f"task {got}",
+    )
 
 
 def request_id_from(headers: Mapping[str, str]) -> str | None:

@@ -1,9 +1,11 @@
-"""The single request path: auth, timeouts, pacing, retries and error translation.
+"""The single request path: auth, proxies, TLS, timeouts, pacing, retries, error mapping.
 
-Every request the client makes goes through :class:`Transport`. It decides nothing about
-*what* to send; it makes sure each request carries the credentials only to the API's own
-origin, waits its turn in the shared rate budget, is retried only when that is safe, and
-fails with an exception from :mod:`aio88._errors`, never a raw aiohttp one.
+Every request the client makes goes through :class:`Transport`, and through aiohttp: aio88
+speaks no HTTP of its own. The transport decides nothing about *what* to send; it makes
+sure each request carries the credentials only to the API's own origin, goes through the
+right proxy, waits its turn in the shared rate budget, is retried only when that is safe
+(:meth:`Transport.send`, the one retry driver), and fails with an exception from
+:mod:`aio88._errors`, never a raw aiohttp one.
 """
 
 from __future__ import annotations
@@ -11,29 +13,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import ssl
+import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from urllib.parse import urlencode
+from typing import TypeVar
 
 import aiohttp
 import anyio
+from multidict import CIMultiDict
 from yarl import URL
 
-from ._body import FastBody, open_body
-from ._config import RetryPolicy, Timeouts
+from ._config import (
+    CREATE_KEEPALIVE,
+    ERROR_BODY_LIMIT,
+    MAX_REDIRECTS,
+    POOL_KEEPALIVE,
+    RetryPolicy,
+    Timeouts,
+)
 from ._errors import (
     APIConnectionError,
     APITimeoutError,
     make_status_error,
     request_id_from,
 )
-from ._fastget import FastGetPool, UnusualResponse
+from ._proxies import Proxies, ProxyChoice, ProxySetting
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._version import __version__
 
-__all__ = ["AiohttpBody", "Body", "Response", "Transport"]
+__all__ = ["Body", "Response", "SSLSetting", "Transport", "check_headers", "translate"]
 
 log = logging.getLogger("aio88")
 
@@ -42,8 +51,40 @@ USER_AGENT = (
     f"{platform.python_implementation()}/{platform.python_version()}"
 )
 
-#: How much of an error body is read: enough for any JSON error, never a whole video.
-ERROR_BODY_LIMIT = 64 * 1024
+#: What ``Client(ssl=...)`` takes: a context, ``False`` (no verification) or ``None``.
+SSLSetting = ssl_module.SSLContext | bool | None
+
+_T = TypeVar("_T")
+_DIRECT: ProxyChoice = (None, None)
+
+#: Characters that would end a header line early (and so smuggle in another header, or a
+#: whole request), or that no HTTP server accepts.
+_FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
+_FORBIDDEN_IN_NAMES = (*_FORBIDDEN_IN_HEADERS, ":", " ", "\t")
+
+
+def check_headers(headers: Mapping[str, str], api_key: str) -> None:
+    """Refuse header names or values (and an API key) that could not be sent safely.
+
+    Raises:
+        ValueError: Naming the header and what is wrong with it.
+    """
+    for char in _FORBIDDEN_IN_HEADERS:
+        if char in api_key:
+            raise ValueError(
+                f"the API key contains {char!r}; copy the key again without line breaks"
+            )
+    for name, value in headers.items():
+        if not all(isinstance(part, str) for part in (name, value)):
+            raise TypeError(f"header {name!r}: names and values must be strings")
+        if not name or any(char in name for char in _FORBIDDEN_IN_NAMES):
+            raise ValueError(f"header name {name!r} is not valid in HTTP")
+        for char in _FORBIDDEN_IN_HEADERS:
+            if char in value:
+                raise ValueError(
+                    f"header {name!r} has {char!r} in its value, which would end the header "
+                    "line early; remove it"
+                )
 
 
 class Response:
@@ -69,22 +110,56 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     aiohttp's exceptions are mapped; callers ``raise translate(exc, what) from exc``.
     """
     if isinstance(exc, APIConnectionError):
-        return exc  # the fast path raises aio88's own errors already
+        return exc
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APITimeoutError(f"{what}: timed out connecting to the server", request_sent=False)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return APITimeoutError(f"{what}: timed out waiting for the server")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return APIConnectionError(
+            f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted "
+            f"({exc.certificate_error}); pass Client(ssl=...) with a context that trusts "
+            "your CA, or set SSL_CERT_FILE",
+            request_sent=False,
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return APIConnectionError(
+            f"{what}: cannot connect to the proxy {exc.host}:{exc.port} "
+            f"({exc.os_error.strerror or exc.os_error})",
+            request_sent=False,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.os_error.strerror or str(exc.os_error)
         return APIConnectionError(
             f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})", request_sent=False
         )
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return APIConnectionError(f"{what}: the server closed the connection mid-response")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return APIConnectionError(
+            f"{what}: the proxy refused the connection (HTTP {exc.status} {exc.message})",
+            request_sent=False,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return APIConnectionError(
+            f"{what}: the server closed the connection without a complete answer"
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return APIConnectionError(f"{what}: the server closed the connection mid-body")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return APIConnectionError(f"{what}: stopped after {MAX_REDIRECTS} redirects (a loop?)")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return APIConnectionError(f"{what}: the server redirected to an unusable URL ({exc})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp's parser refused the answer (a bad status line, a malformed header...)
+        return APIConnectionError(f"{what}: the server's answer is not valid HTTP ({exc.message})")
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-_TRANSPORT_ERRORS = (
+#: Failures that trying again cannot mend: a redirect loop, a redirect nowhere.
+_FINAL_ERRORS = (aiohttp.TooManyRedirects, aiohttp.InvalidURL)
+
+
+#: What a request or a body read can fail with, before translation.
+TRANSPORT_ERRORS = (
     aiohttp.ClientError,
     TimeoutError,
     asyncio.TimeoutError,
@@ -93,13 +168,8 @@ _TRANSPORT_ERRORS = (
 )
 
 
-#: How many redirects a download follows.
-MAX_REDIRECTS = 10
-
-
-class AiohttpBody:
-    """A download's body read through aiohttp: the fallback to :class:`FastBody`, with the
-    same interface (used with a caller's own session, or for a chunked or encoded body)."""
+class Body:
+    """A download's response, body not read yet: read it in blocks with :meth:`next_block`."""
 
     def __init__(self, response: aiohttp.ClientResponse, block_size: int) -> None:
         self._response = response
@@ -114,40 +184,53 @@ class AiohttpBody:
         #: Body bytes received so far.
         self.received = 0
 
-    async def next_block(self) -> memoryview | None:
-        """The next piece of the body (up to the block size), or None at its end."""
+    async def next_block(self) -> bytes | None:
+        """The next piece of the body (up to the block size), or None at its end.
+
+        Raises:
+            APIConnectionError: The connection broke (or the body was cut short).
+        """
         try:
             chunk = await self._response.content.read(self._block_size)
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise translate(exc, self._what) from exc
         if not chunk:
             return None
         self.received += len(chunk)
-        return memoryview(chunk)
-
-    def recycle(self, block: memoryview) -> None:
-        """Nothing to reuse: aiohttp makes a new ``bytes`` each time."""
-
-    def leftovers(self) -> list[memoryview]:
-        """Nothing is held back: each piece is handed out as it comes."""
-        return []
+        return chunk
 
     async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
         """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
-        with anyio.move_on_after(timeout):
-            try:
-                return await self._response.content.read(limit)
-            except _TRANSPORT_ERRORS:
-                pass
-        return b""
+        return await read_limited(self._response, limit, timeout)
 
 
-#: A download's response, whichever way it is read.
-Body = FastBody | AiohttpBody
+async def read_limited(
+    response: aiohttp.ClientResponse, limit: int, timeout: float | None
+) -> bytes:
+    """Up to ``limit`` bytes of a body that should be small (an error message): what
+    arrives within ``timeout`` seconds, and never a whole video."""
+    data = b""
+    with anyio.move_on_after(timeout):
+        try:
+            while len(data) < limit:
+                chunk = await response.content.read(limit - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except TRANSPORT_ERRORS:
+            pass
+    return data
 
 
 class Transport:
-    """Owns the aiohttp session and sends every request of one :class:`~aio88.Client`."""
+    """Owns the aiohttp sessions and sends every request of one :class:`~aio88.Client`.
+
+    Two sessions share the client's settings: one for every request but creates, and one
+    for creates, whose connections are reused only within :data:`CREATE_KEEPALIVE` seconds.
+    A POST sent on a pooled connection that the server has just closed fails although the
+    server never saw it, and aiohttp does not retry a POST; for a create that would look
+    like "maybe created, maybe billed". A connection used a moment ago is not being closed.
+    """
 
     def __init__(
         self,
@@ -160,8 +243,12 @@ class Transport:
         max_connections: int,
         headers: Mapping[str, str] | None,
         session: aiohttp.ClientSession | None,
+        proxy: ProxySetting = None,
+        ssl: SSLSetting = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_headers(headers or {}, api_key)
         self.base_url = base_url
         self.origin = URL(base_url).origin()
         self.retry = retry
@@ -170,30 +257,33 @@ class Transport:
         self.clock = clock
         self.rate = AdaptiveRate(rate_limit, now=clock())
         self.session: aiohttp.ClientSession | None = None
-        #: The poll fast path (GETs to the API origin), when this transport owns its session.
-        self.fast: FastGetPool | None = None
+        self._create_session: aiohttp.ClientSession | None = None
         self.owns_session = session is None
         self._given_session = session
-        # Built once: every API request reuses these objects unchanged.
-        self._api_headers = {
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-            **(headers or {}),
-            "Authorization": f"Bearer {api_key}",
-        }
-        self._json_headers = {**self._api_headers, "Content-Type": "application/json"}
+        self._proxy_setting = proxy
+        self._proxies: Proxies | None = None
+        self._ssl = ssl
+        self._trace_configs = list(trace_configs or ())
+        # Built once and reused unchanged: aiohttp takes a CIMultiDict as it is. A user's
+        # header replaces the default of the same name, whatever its case.
+        base: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT, "Accept": "*/*"})
+        self._plain_headers = CIMultiDict(base)
+        base["Accept"] = "application/json"
+        for name, value in (headers or {}).items():
+            base[name] = value
+            if name.lower() in ("user-agent", "host"):
+                self._plain_headers[name] = value
+        base["Authorization"] = f"Bearer {api_key}"
+        self._api_headers = base
+        self._json_headers = CIMultiDict(base)
+        self._json_headers["Content-Type"] = "application/json"
         self._request_timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        # For downloads, which watch for stalls themselves: aiohttp's sock_read re-arms a
-        # timer on every packet, a measurable cost at hundreds of MB/s.
-        self._download_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=None
-        )
-        self._tls: ssl.SSLContext | None = None
+        self._api_proxy: ProxyChoice = _DIRECT
         self._consecutive_429 = 0
         #: Requests sent, including retries (for stats and tests).
         self.requests_sent = 0
@@ -202,58 +292,85 @@ class Transport:
         #: Retries made.
         self.retries = 0
 
+    # -- lifecycle -----------------------------------------------------------------------
+
     def open(self) -> None:
-        """Create (or adopt) the aiohttp session. Needs a running event loop."""
+        """Create the sessions (or adopt the caller's). Needs a running event loop."""
+        self._proxies = Proxies(self._proxy_setting)
         if self._given_session is not None:
-            self.session = self._given_session
-            return
+            self.session = self._create_session = self._given_session
+            if self._proxy_setting is None:
+                return  # the caller's session decides (its own trust_env)
+        else:
+            ssl: ssl_module.SSLContext | bool = True if self._ssl is None else self._ssl
+            if ssl is False:
+                log.warning(
+                    "aio88.Client(ssl=False): TLS certificates are not verified; anyone on "
+                    "the network path can read the API key"
+                )
+            self.session = self._new_session(ssl, keepalive=POOL_KEEPALIVE)
+            self._create_session = self._new_session(ssl, keepalive=CREATE_KEEPALIVE)
+        self._api_proxy = self.proxy_for(self.origin)
+
+    def _new_session(
+        self, ssl: ssl_module.SSLContext | bool, keepalive: float
+    ) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
+            limit=self.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            ssl=ssl,
+            keepalive_timeout=keepalive,
         )
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-        base = URL(self.base_url)
-        assert base.host is not None and base.port is not None
-        self.fast = FastGetPool(
-            host=base.host,
-            port=base.port,
-            use_tls=base.scheme == "https",
-            prefix=base.raw_path.rstrip("/"),
-            headers=self._api_headers,
-            connect_timeout=self.timeouts.connect,
-            total_timeout=self.timeouts.total,
+        return aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            trust_env=False,  # the environment's proxies are read once, by Proxies
+            trace_configs=self._trace_configs or None,
         )
 
     async def aclose(self) -> None:
-        """Close the session if this transport created it."""
-        session, self.session = self.session, None
-        fast, self.fast = self.fast, None
-        if fast is not None:
-            fast.close()
-        if session is not None and self.owns_session:
+        """Close the sessions if this transport created them."""
+        sessions = self._owned_sessions()
+        self.session = self._create_session = None
+        for session in sessions:
             await session.close()
 
     def abandon(self) -> None:
         """Release sockets without awaiting: the last resort of ``Client.__del__``."""
-        session, self.session = self.session, None
-        fast, self.fast = self.fast, None
-        if fast is not None:
-            fast.close()
-        if session is None or not self.owns_session or session.closed:
-            return
-        connector = session.connector
-        session.detach()  # marks it closed, so aiohttp does not warn a second time
-        if connector is not None:
-            connector._close()  # synchronous socket close; nothing left to await on
+        sessions = self._owned_sessions()
+        self.session = self._create_session = None
+        for session in sessions:
+            if session.closed:
+                continue
+            connector = session.connector
+            session.detach()  # marks it closed, so aiohttp does not warn a second time
+            if connector is not None:
+                connector._close()  # synchronous socket close; nothing left to await on
 
-    def auth_headers_for(self, url: URL) -> dict[str, str]:
+    def _owned_sessions(self) -> list[aiohttp.ClientSession]:
+        if not self.owns_session:
+            return []
+        return [s for s in (self.session, self._create_session) if s is not None]
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the sessions exist (between :meth:`open` and :meth:`aclose`)."""
+        return self.session is not None
+
+    # -- addressing ----------------------------------------------------------------------
+
+    def auth_headers_for(self, url: URL) -> CIMultiDict[str]:
         """The headers for a request to ``url``: credentials only for the API's origin."""
         if url.origin() == self.origin:
-            return dict(self._api_headers)
-        return {"User-Agent": USER_AGENT}
+            return CIMultiDict(self._api_headers)
+        return CIMultiDict(self._plain_headers)
 
     def api_url(self, path: str) -> URL:
         """The absolute URL of an API path (``path`` is already validated and encoded)."""
         return URL(self.base_url + path, encoded=True)
+
+    # -- pacing --------------------------------------------------------------------------
 
     async def _wait_turn(self) -> None:
         """Take a token from the shared rate budget, sleeping if none is free."""
@@ -271,110 +388,101 @@ class Transport:
         self.rate.on_rate_limited(self.clock(), min(pause, self.retry.retry_after_max))
         return pause
 
-    def _session(self) -> aiohttp.ClientSession:
-        session = self.session
-        if session is None:
-            raise RuntimeError("aio88.Client is closed; open a new Client to send requests")
-        return session
+    # -- the one retry driver --------------------------------------------------------------
 
-    async def request(
+    async def send(
         self,
         method: str,
-        path: str,
+        url: URL,
+        read: Callable[[aiohttp.ClientResponse], Awaitable[_T]],
         *,
-        json: bytes | None = None,
-        form: Callable[[], aiohttp.FormData] | None = None,
+        headers: CIMultiDict[str],
+        proxy: ProxyChoice,
+        body: bytes | Callable[[], object] | None = None,
         params: Mapping[str, str] | None = None,
-        idempotent: bool | None = None,
-    ) -> Response:
-        """Send one API request (with retries) and return its successful response.
+        idempotent: bool,
+        timeout: aiohttp.ClientTimeout,
+        read_bufsize: int | None = None,
+    ) -> _T:
+        """Send a request until it succeeds or must fail, and return ``read(response)``.
+
+        This is the retry loop of every request: JSON calls, streams and downloads. Each try
+        takes a turn in the rate budget. A successful answer (below 400; aiohttp follows
+        redirects, and drops the credentials when one leaves the API's origin) is handed to
+        ``read``, whose failures to read it count as failures of the try. An error answer
+        is read (64 KiB at most) and raised as its :class:`APIStatusError`, or retried.
 
         Args:
             method: The HTTP method.
-            path: The path below ``base_url``, starting with ``/``.
-            json: An already-encoded JSON body.
-            form: Builds a fresh multipart body for each try (a form cannot be resent).
+            url: The absolute URL.
+            read: Takes the response; for a JSON call, it reads the body; for a stream, it
+                returns the response unread (the caller then releases it).
+            headers: The request's headers (see :meth:`auth_headers_for`).
+            proxy: The proxy and its headers (see :meth:`proxy_for`).
+            body: The request body, or what builds it afresh for each try (a form cannot
+                be sent twice).
             params: Query parameters.
-            idempotent: Whether resending is harmless; by default, GET and HEAD are.
+            idempotent: Whether resending is harmless. A create is not: it is retried only
+                when the server provably did not see it.
+            timeout: aiohttp's timeouts for each try.
+            read_bufsize: How much of the body aiohttp may hold before pausing the socket.
 
         Raises:
             APIStatusError: The server answered 4xx/5xx (after any retries).
             APIConnectionError: The server could not be reached (after any retries).
         """
-        session = self._session()
-        if idempotent is None:
-            idempotent = method in ("GET", "HEAD")
-        headers = self._json_headers if json is not None else self._api_headers
-        debug = log.isEnabledFor(logging.DEBUG)
-        fast_path = self.fast if method == "GET" and json is None and form is None else None
-        path_and_query = path + ("?" + urlencode(params) if params else "")
-        url = self.api_url(path) if fast_path is None else None  # built only for aiohttp
+        session = self._session_for(method, idempotent)
+        proxy_url, proxy_headers = proxy
         attempt = 0
         while True:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
-            started = time.perf_counter() if debug else 0.0  # only a log line needs it
-            resp_headers: Mapping[str, str]
             try:
-                if fast_path is not None:
-                    try:
-                        status, resp_headers, body = await fast_path.get(path_and_query)
-                    except UnusualResponse:
-                        fast_path = None  # a redirect or such: aiohttp handles it
-                        url = self.api_url(path)
-                        status, resp_headers, body = await self._via_aiohttp(
-                            session, method, url, headers, json, form, params
-                        )
-                else:
-                    assert url is not None
-                    status, resp_headers, body = await self._via_aiohttp(
-                        session, method, url, headers, json, form, params
-                    )
-            except _TRANSPORT_ERRORS as exc:
-                what = f"{method} {path}"
+                resp = await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body() if callable(body) else body,
+                    params=params,
+                    timeout=timeout,
+                    proxy=proxy_url,
+                    proxy_headers=proxy_headers,
+                    max_redirects=MAX_REDIRECTS,
+                    read_bufsize=read_bufsize,
+                )
+                if resp.status < 400:
+                    result = await read(resp)
+                    if self._consecutive_429:
+                        self._consecutive_429 = 0
+                    self.rate.on_success()
+                    return result
+                error_body = await read_limited(resp, ERROR_BODY_LIMIT, self.timeouts.read)
+                resp.release()
+            except _FINAL_ERRORS as exc:
+                raise translate(exc, f"{method} {url.path}") from exc
+            except TRANSPORT_ERRORS as exc:
+                what = f"{method} {url.path}"  # failures only: the poll path builds no strings
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
                 continue
-
-            if debug:
-                log.debug(
-                    "%s %s -> %d in %.1f ms (request id %s, try %d)",
-                    method,
-                    path,
-                    status,
-                    (time.perf_counter() - started) * 1000,
-                    request_id_from(resp_headers),
-                    attempt,
-                )
-            if status < 300:
-                if self._consecutive_429:
-                    self._consecutive_429 = 0
-                self.rate.on_success()
-                return Response(status, resp_headers, body)
-            what = f"{method} {path}"  # failures only: the poll path builds no strings
-            delay = self._delay_or_raise(status, resp_headers, body, attempt, idempotent, what)
+            what = f"{method} {url.path}"
+            delay = self._delay_or_raise(
+                resp.status, resp.headers, error_body, attempt, idempotent, what
+            )
             if delay > 0:
                 await anyio.sleep(delay)
 
-    async def _via_aiohttp(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: URL,
-        headers: Mapping[str, str],
-        json: bytes | None,
-        form: Callable[[], aiohttp.FormData] | None,
-        params: Mapping[str, str] | None,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        async with session.request(
-            method,
-            url,
-            headers=headers,
-            data=json if form is None else form(),
-            params=params,
-            timeout=self._request_timeout,
-        ) as resp:
-            return resp.status, resp.headers, await resp.read()
+    def _session_for(self, method: str, idempotent: bool) -> aiohttp.ClientSession:
+        session = self.session if idempotent or method != "POST" else self._create_session
+        if session is None:
+            raise RuntimeError("aio88.Client is closed; open a new Client to send requests")
+        return session
+
+    def proxy_for(self, url: URL) -> ProxyChoice:
+        """The proxy a request to ``url`` goes through (None: directly), and its headers."""
+        if self._proxies is None or (self._given_session is not None and not self._proxy_setting):
+            return _DIRECT  # closed, or the caller's session decides
+        return self._proxies.for_url(url)
 
     def _delay_after_failure(
         self, exc: BaseException, what: str, attempt: int, idempotent: bool
@@ -416,9 +524,7 @@ class Transport:
         ):
             delay = retry_delay(attempt - 1, policy, retry_after)
         if delay is None:
-            raise make_status_error(
-                status, body[:ERROR_BODY_LIMIT], headers, retry_after=retry_after
-            )
+            raise make_status_error(status, body, headers, retry_after=retry_after)
         if status == 429:
             # Everyone now waits for the shared pause in _wait_turn; don't add our own.
             delay = 0.0
@@ -429,137 +535,120 @@ class Transport:
         self.retries += 1
         log.info("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
 
-    @asynccontextmanager
-    async def stream(
+    # -- what the resources and engines call -------------------------------------------------
+
+    async def request(
         self,
         method: str,
+        path: str,
+        *,
+        json: bytes | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> Response:
+        """Send one API request (with retries) and return its successful response.
+
+        Args:
+            method: The HTTP method.
+            path: The path below ``base_url``, starting with ``/``.
+            json: An already-encoded JSON body.
+            form: Builds a fresh multipart body for each try (a form cannot be resent).
+            params: Query parameters.
+            idempotent: Whether resending is harmless; by default, GET and HEAD are.
+
+        Raises:
+            APIStatusError: The server answered 4xx/5xx (after any retries).
+            APIConnectionError: The server could not be reached (after any retries).
+        """
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        debug = log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0  # only a log line needs it
+        response = await self.send(
+            method,
+            self.api_url(path),
+            _read_whole,
+            headers=self._json_headers if json is not None else self._api_headers,
+            proxy=self._api_proxy,
+            body=json if form is None else form,
+            params=params,
+            idempotent=idempotent,
+            timeout=self._request_timeout,
+        )
+        if debug:
+            log.debug(
+                "%s %s -> %d in %.1f ms (request id %s)",
+                method,
+                path,
+                response.status,
+                (time.perf_counter() - started) * 1000,
+                response.request_id,
+            )
+        return response
+
+    async def open_stream(
+        self,
         url: URL,
         *,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        own_stall_watch: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open a streamed response (a download). Retries only until the body starts.
+        read_bufsize: int | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Open a streamed GET: a response below 400 with its body unread, for the caller
+        to read and release. Retries only until the body starts.
 
-        Credentials go only to the API origin; aiohttp drops them on a redirect to another
-        origin. An error status raises its :class:`APIStatusError` with the body read.
-        Errors while the caller reads the body are the caller's to translate (the
-        downloader resumes them from the bytes it already has). With ``own_stall_watch``
-        the caller detects a stalled body itself (no per-read timeout).
+        Credentials go only to the API origin, also across redirects. An error status
+        raises its :class:`APIStatusError` with the body read. ``Timeouts.read`` bounds
+        the wait for the head and every gap in the body (not the whole body: a big file
+        is never cut off for taking long).
         """
-        session = self._session()
         request_headers = self.auth_headers_for(url)
-        if headers:
-            request_headers.update(headers)
-        what = f"{method} {url.path}"
-        timeout = self._download_timeout if own_stall_watch else self._stream_timeout
-        attempt = 0
-        while True:
-            await self._wait_turn()
-            attempt += 1
-            self.requests_sent += 1
-            try:
-                resp = await session.request(
-                    method,
-                    url,
-                    headers=request_headers,
-                    params=params,
-                    timeout=timeout,
-                )
-            except _TRANSPORT_ERRORS as exc:
-                await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
-                continue
-            if resp.status >= 400:
-                body = b""
-                try:
-                    with anyio.move_on_after(self.timeouts.read):
-                        body = await resp.content.read(ERROR_BODY_LIMIT)
-                except _TRANSPORT_ERRORS:
-                    pass
-                finally:
-                    resp.release()
-                delay = self._delay_or_raise(resp.status, resp.headers, body, attempt, True, what)
-                if delay > 0:
-                    await anyio.sleep(delay)
-                continue
-            try:
-                yield resp
-            finally:
-                resp.release()
-            return
+        for name, value in (headers or {}).items():
+            request_headers[name] = value
+        return await self.send(
+            "GET",
+            url,
+            _unread,
+            headers=request_headers,
+            proxy=self.proxy_for(url),
+            params=params,
+            idempotent=True,
+            timeout=self._stream_timeout,
+            read_bufsize=read_bufsize,
+        )
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """:meth:`open_stream` as a context manager that releases the response."""
+        resp = await self.open_stream(url, headers=headers, params=params)
+        try:
+            yield resp
+        finally:
+            resp.release()
 
     @asynccontextmanager
     async def open_body(
         self, url: URL, *, headers: Mapping[str, str], block_size: int
     ) -> AsyncIterator[Body]:
-        """Open a download's response: its status is 2xx, its body not read yet.
-
-        With the transport's own session, the request goes on its own connection and the
-        body is read straight into large buffers (:mod:`aio88._body`); redirects are
-        followed here, with credentials only for the API's origin. A caller's session,
-        or an answer the fast path does not read (a chunked or encoded body), goes through
-        aiohttp instead. Retries, pacing and errors are as for :meth:`stream`.
-        """
-        fast = await self._open_fast_body(url, headers, block_size) if self.fast else None
-        if fast is None:
-            async with self.stream("GET", url, headers=headers, own_stall_watch=True) as resp:
-                yield AiohttpBody(resp, block_size)
-            return
+        """Open a download's response: its status is 2xx, its body not read yet, and read
+        in blocks of up to ``block_size`` (aiohttp may buffer that much)."""
+        resp = await self.open_stream(url, headers=headers, read_bufsize=block_size)
         try:
-            yield fast
+            yield Body(resp, block_size)
         finally:
-            fast.close()
+            resp.release()
 
-    async def _open_fast_body(
-        self, url: URL, headers: Mapping[str, str], block_size: int
-    ) -> FastBody | None:
-        """:meth:`open_body` on aio88's own connection; None when aiohttp should read it."""
-        request_headers = {**self.auth_headers_for(url), **headers}
-        attempt = redirects = 0
-        while True:
-            await self._wait_turn()
-            attempt += 1
-            self.requests_sent += 1
-            what = f"GET {url.path}"
-            try:
-                body = await open_body(
-                    url,
-                    request_headers,
-                    ssl_context=self._tls_context() if url.scheme == "https" else None,
-                    connect_timeout=self.timeouts.connect,
-                    head_timeout=self.timeouts.read,
-                    buffer_size=block_size,
-                )
-            except UnusualResponse as exc:
-                log.debug("%s: %s; reading it with aiohttp", what, exc)
-                return None
-            except _TRANSPORT_ERRORS as exc:
-                await anyio.sleep(self._delay_after_failure(exc, what, attempt, True))
-                continue
-            status, location = body.status, body.headers.get("location")
-            if status in (301, 302, 303, 307, 308) and location:
-                body.close()
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise APIConnectionError(f"{what}: more than {MAX_REDIRECTS} redirects")
-                url = url.join(URL(location))
-                # Credentials only to the API's origin: a CDN never sees the key.
-                request_headers = {**self.auth_headers_for(url), **headers}
-                attempt -= 1  # following a redirect is not a retry
-                continue
-            if status >= 300:
-                error_body = await body.read_small_body(ERROR_BODY_LIMIT, self.timeouts.read)
-                delay = self._delay_or_raise(status, body.headers, error_body, attempt, True, what)
-                if delay > 0:
-                    await anyio.sleep(delay)
-                continue
-            if self._consecutive_429:
-                self._consecutive_429 = 0
-            self.rate.on_success()
-            return body
 
-    def _tls_context(self) -> ssl.SSLContext:
-        """The TLS settings for downloads, made once (loading the CA store takes time)."""
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
+async def _read_whole(resp: aiohttp.ClientResponse) -> Response:
+    return Response(resp.status, resp.headers, await resp.read())
+
+
+async def _unread(resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    return resp

@@ -35,6 +35,7 @@ from ._errors import (
     PermissionDeniedError,
     TaskFailedError,
     WaitTimeoutError,
+    wrong_task_error,
 )
 from ._models import GenerationTask, Status, Video, check_id
 from ._retry import backoff_delay
@@ -710,6 +711,11 @@ class Poller:
         finally:
             self._in_flight -= 1
 
+        if task.id != entry.id:
+            # An answer about another task (a cache or proxy mixing answers up) is never
+            # taken for this one's.
+            self._finish(entry, entry.task, wrong_task_error(entry.id, task.id))
+            return
         if transport.rate_limited != limited_before:
             self._congested()
         elif self._limit < self.concurrency:

@@ -7,7 +7,7 @@ import io
 import mimetypes
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, Union, cast
@@ -16,7 +16,9 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._errors import APIResponseValidationError, DownloadError
+from ._config import RetryPolicy
+from ._errors import APIConnectionError, APIResponseValidationError, DownloadError, wrong_task_error
+from ._http import TRANSPORT_ERRORS, read_limited, translate
 from ._models import (
     GenerationTask,
     ResponseShapeError,
@@ -26,7 +28,7 @@ from ._models import (
     decode_video,
 )
 from ._poll import DEFAULT_WAIT_TIMEOUT, Kind, Poller, Schedule
-from ._retry import parse_retry_after
+from ._retry import backoff_delay, parse_retry_after
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -105,7 +107,10 @@ class _Resource(Generic[TaskT]):
         Raises:
             NotFoundError: No such task for this key (88API answers 400 ``task_not_exist``).
         """
-        task, _ = await self._fetch(check_id(task_id))
+        asked = check_id(task_id)
+        task, _ = await self._fetch(asked)
+        if task.id != asked:
+            raise wrong_task_error(asked, task.id)
         return task
 
     async def _fetch(self, task_id: str) -> tuple[TaskT, float | None]:
@@ -216,18 +221,34 @@ class Generations(_Resource[GenerationTask]):
 class VideoContent:
     """A finished video's bytes as they arrive: ``async for chunk in content``.
 
+    A broken connection raises :class:`APIConnectionError` saying how many bytes had
+    arrived, or, when the stream was opened with ``resume=True``, is continued from there
+    with a ``Range`` request: the chunks go on as if nothing happened.
+
     Attributes:
         status: The HTTP status (200, or 206 for a range).
         headers: The response headers.
+        received: Bytes of the body handed out so far.
     """
 
     #: The chunk size of ``async for``.
     CHUNK_SIZE = 1024 * 1024
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        reopen: Callable[[int, str | None], Awaitable[aiohttp.ClientResponse]] | None,
+        policy: RetryPolicy,
+    ) -> None:
         self._response = response
+        self._reopen = reopen
+        self._policy = policy
+        self._what = f"GET {response.url.path}"
         self.status = response.status
         self.headers = response.headers
+        self.received = 0
+        self._validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
 
     @property
     def content_type(self) -> str:
@@ -237,18 +258,65 @@ class VideoContent:
     @property
     def content_length(self) -> int | None:
         """The body's length in bytes, when the server said."""
-        return self._response.content_length
+        return self._response.content_length if self.status != 206 else None
 
-    def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """Iterate over the body in chunks of at most ``size`` bytes."""
-        return self._response.content.iter_chunked(size)
+    async def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """Iterate over the body in chunks of at most ``size`` bytes.
+
+        Raises:
+            APIConnectionError: The connection broke (and could not be resumed).
+        """
+        failures = 0
+        while True:
+            try:
+                chunk = await self._response.content.read(size)
+            except TRANSPORT_ERRORS as exc:
+                failures += 1
+                await self._resume(exc, failures)
+                continue
+            if not chunk:
+                return
+            failures = 0
+            self.received += len(chunk)
+            yield chunk
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iter_chunks()
 
     async def read(self) -> bytes:
         """Read the whole body into memory (small files only; prefer ``download``)."""
-        return await self._response.read()
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    def release(self) -> None:
+        """Give the connection back (``async with`` does it for you)."""
+        self._response.release()
+
+    async def _resume(self, exc: BaseException, failures: int) -> None:
+        """Continue the body from ``received`` on a new response, or raise why not."""
+        error = translate(exc, self._what)
+        got = f"after {self.received:,} bytes"
+        if self._reopen is None:
+            raise APIConnectionError(
+                f"{error.message}: the stream was cut {got}; open it with resume=True to "
+                "continue it, or save the file with download(), which resumes by itself"
+            ) from exc
+        if failures >= self._policy.attempts:
+            raise APIConnectionError(
+                f"{error.message}: the stream was cut {got} and could not be resumed "
+                f"({failures} tries)"
+            ) from exc
+        self._response.close()
+        await anyio.sleep(backoff_delay(failures - 1, self._policy))
+        response = await self._reopen(self.received, self._validator)
+        start = (response.headers.get("Content-Range") or "").removeprefix("bytes ")
+        if response.status != 206 or start.split("-", 1)[0] != str(self.received):
+            response.release()
+            raise APIConnectionError(
+                f"{self._what}: the stream was cut {got}, and the server cannot continue it "
+                f"(it answered HTTP {response.status} to a Range request); start again, or "
+                "use download(), which restarts cleanly"
+            ) from exc
+        self._response = response
 
 
 def _read_reference(value: FileInput) -> tuple[str, bytes]:
@@ -411,29 +479,48 @@ class Videos(_Resource[Video]):
 
     @asynccontextmanager
     async def content(
-        self, video_id: str | Video, *, variant: str | None = None
+        self, video_id: str | Video, *, variant: str | None = None, resume: bool = False
     ) -> AsyncIterator[VideoContent]:
         """Stream a finished video's bytes::
 
-            async with client.videos.content(video.id) as body:
+            async with client.videos.content(video.id, resume=True) as body:
                 async for chunk in body:
                     ...
 
         Redirects are followed; the API key is never sent to another origin. To save the
         file, prefer :meth:`download`, which resumes, verifies and writes atomically.
 
+        Args:
+            video_id: The video's id (or the video).
+            variant: Which file (``"video"``, the default; 88API ignores the others).
+            resume: Continue a stream cut mid-body with ``Range`` requests (the same
+                bytes, in order), up to ``RetryPolicy.attempts`` tries in a row.
+
         Raises:
             NotFoundError: No such video, or it is not finished yet.
             DownloadError: The server answered with a message instead of a video.
+            APIConnectionError: The stream broke (while iterating) and was not resumed.
         """
         transport = self._http()
         url = transport.api_url(f"{self._path}/{check_id(video_id, 'video_id')}/content")
         params = {"variant": variant} if variant else None
-        async with transport.stream("GET", url, params=params) as resp:
+
+        async def reopen(offset: int, validator: str | None) -> aiohttp.ClientResponse:
+            headers = {"Range": f"bytes={offset}-"}
+            if validator:
+                headers["If-Range"] = validator  # the same file, or the whole of a new one
+            return await transport.open_stream(url, headers=headers, params=params)
+
+        resp = await transport.open_stream(url, params=params)
+        body = VideoContent(resp, reopen=reopen if resume else None, policy=transport.retry)
+        try:
             if resp.content_type.startswith(_NOT_VIDEO_TYPES):
-                text = (await resp.content.read(2000)).decode("utf-8", "replace")
+                text = await read_limited(resp, 2000, transport.timeouts.read)
                 raise DownloadError(
-                    f"expected a video from {url.path} but got {resp.content_type}: {text!r}",
+                    f"expected a video from {url.path} but got {resp.content_type}: "
+                    f"{text.decode('utf-8', 'replace')!r}",
                     status_code=resp.status,
                 )
-            yield VideoContent(resp)
+            yield body
+        finally:
+            body.release()

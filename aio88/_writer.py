@@ -30,23 +30,14 @@ class PartWriter:
         part: The file (created, or truncated to ``offset``, by :meth:`open`).
         offset: Where writing starts (the bytes before are kept: a resume).
         hasher: A ``hashlib`` object updated with every block, or None.
-        on_written: Called on the event loop with each block once it is on disk (or
-            dropped after a disk error), to give its buffer back.
     """
 
-    def __init__(
-        self,
-        part: Path,
-        offset: int,
-        hasher: Any,
-        on_written: Callable[[memoryview], object],
-    ) -> None:
+    def __init__(self, part: Path, offset: int, hasher: Any) -> None:
         self.part = part
         self.offset = offset
         self.hasher = hasher
-        self._on_written = on_written
         self._file: IO[bytes] | None = None
-        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._loop = asyncio.get_running_loop()
         self._room: asyncio.Future[None] | None = None
         self._on_error: Callable[[], object] | None = None
@@ -95,7 +86,7 @@ class PartWriter:
 
     # -- on the event loop --
 
-    async def put(self, block: memoryview) -> None:
+    async def put(self, block: bytes) -> None:
         """Hand a block over; waits only while the disk is behind."""
         while self.pending >= _MAX_PENDING and self.error is None:
             room = self._room = self._loop.create_future()
@@ -105,7 +96,7 @@ class PartWriter:
                 self._room = None
         self.put_nowait(block)
 
-    def put_nowait(self, block: memoryview) -> None:
+    def put_nowait(self, block: bytes) -> None:
         """Hand a block over at once (for what is left when a download stops)."""
         self.pending += 1
         self._queue.put(block)
@@ -114,11 +105,10 @@ class PartWriter:
         """Let :meth:`run` return once every block handed over is written."""
         self._queue.put(None)
 
-    def _written(self, block: memoryview) -> None:
+    def _written(self, block: bytes) -> None:
         self.pending -= 1
         if self.error is None:
             self.written += len(block)
-        self._on_written(block)
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)

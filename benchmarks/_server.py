@@ -85,8 +85,8 @@ http {{
             default_type video/mp4;
             alias {root}/files/$1;
         }}
-        location ~ ^/v1/videos/[^/]+$ {{ alias {root}/video.json; }}
-        location ~ ^/v1/video/generations/[^/]+$ {{ alias {root}/generation.json; }}
+        location ~ ^/v1/videos/([^/]+)$ {{ return 200 '{video}'; }}
+        location ~ ^/v1/video/generations/([^/]+)$ {{ return 200 '{generation}'; }}
     }}
 }}
 """
@@ -126,8 +126,6 @@ class StaticServer:
         self.root.chmod(0o755)  # nginx workers run as an unprivileged user
         (self.root / "files").mkdir()
         (self.root / "tmp").mkdir()
-        (self.root / "video.json").write_text(json.dumps(VIDEO_DOCS))
-        (self.root / "generation.json").write_text(json.dumps(GENERATION_NEWAPI))
         for name, size in self.files.items():
             _write_file(self.path_of(name), size)
         if self.files:
@@ -136,7 +134,18 @@ class StaticServer:
             os.sync()
         if self.kind == "nginx":
             conf = self.root / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(root=self.root, port=self.port))
+            # Each answer carries the id that was asked for, as the API's do (the client
+            # refuses an answer about another task).
+            video = json.dumps({**VIDEO_DOCS, "id": "$1"}, separators=(",", ":"))
+            generation = json.dumps(
+                {**GENERATION_NEWAPI, "data": {**GENERATION_NEWAPI["data"], "task_id": "$1"}},
+                separators=(",", ":"),
+            )
+            conf.write_text(
+                NGINX_CONF.format(
+                    root=self.root, port=self.port, video=video, generation=generation
+                )
+            )
             command = ["nginx", "-c", str(conf), "-p", str(self.root)]
         else:
             command = [
@@ -145,6 +154,7 @@ class StaticServer:
                 "aio88.testing",
                 "--port",
                 str(self.port),
+                "--any-id",
                 "--duration",
                 "0.001",
                 "0.001",

@@ -7,7 +7,6 @@ import asyncio
 import aiohttp
 import pytest
 from multidict import CIMultiDict
-from yarl import URL
 
 from aio88 import APIConnectionError, APITimeoutError, Client, NotFoundError
 from aio88._http import translate
@@ -98,5 +97,5 @@ async def test_stream_connect_failure(closed_port: int) -> None:
     port = closed_port
     async with Client("sk-test", base_url=f"http://127.0.0.1:{port}", retry=FAST_RETRY) as client:
         with pytest.raises(APIConnectionError):
-            async with client._transport.stream("GET", URL(f"http://127.0.0.1:{port}/v")):
+            async with client.videos.content("task_1"):
                 pass  # pragma: no cover

@@ -36,6 +36,9 @@ __all__ = ["Emulator", "EmulatedTask", "Faults", "LoggedRequest", "ManualClock"]
 
 Dialect = Literal["docs", "newapi"]
 Kind = Literal["generation", "video"]
+#: How long a truncated video body pauses before its connection is dropped.
+TRUNCATE_PAUSE = 0.05
+
 FaultKind = Literal["429", "500", "drop", "truncate", "garbage"]
 
 #: Bytes per write when serving content: large enough to keep loopback fast.
@@ -1009,6 +1012,9 @@ class Emulator:
         for chunk in self._chunks(start, stop):
             await response.write(chunk)
         if truncate:
+            # A real connection dies a moment after its last bytes, not in the same
+            # instant: the client gets to read them (and keep them in its .part).
+            await asyncio.sleep(TRUNCATE_PAUSE)
             self._drop(request)
             raise _Truncated
         await response.write_eof()

@@ -1,0 +1,106 @@
+"""Which proxy a request goes through: ``proxy=`` or the environment, once per origin.
+
+aiohttp can read ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` itself (``trust_env=True``),
+but it does so for every request, in a worker thread, together with ``~/.netrc``: about
+four times a poll's CPU. The environment does not change under a running client, so it
+is read once, when the client opens, and the answer for each origin is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import urllib.request
+from collections.abc import Mapping
+
+from yarl import URL
+
+__all__ = ["ProxyChoice", "Proxies", "ProxySetting"]
+
+log = logging.getLogger("aio88")
+
+#: What ``Client(proxy=...)`` takes: a URL, ``False`` for no proxy at all, or ``None`` to
+#: follow the environment.
+ProxySetting = str | URL | bool | None
+
+#: The proxy a request goes through (None: directly) and the headers it needs.
+ProxyChoice = tuple[URL | None, Mapping[str, str] | None]
+
+_DIRECT: ProxyChoice = (None, None)
+
+
+def _parse_proxy(raw: str | URL, source: str) -> ProxyChoice:
+    """A proxy URL as aiohttp wants it: credentials moved to ``Proxy-Authorization``."""
+    url = URL(raw) if isinstance(raw, str) else raw
+    if "://" not in str(raw):  # "proxy:3128", as curl allows
+        url = URL(f"http://{raw}")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"{source} must be an http:// proxy URL such as 'http://proxy.example:3128', "
+            f"got {url.with_password(None)!s}"
+        )
+    if url.user is None:
+        return url, None
+    token = f"{url.user}:{url.password or ''}".encode()
+    headers = {"Proxy-Authorization": "Basic " + base64.b64encode(token).decode()}
+    return url.with_user(None), headers
+
+
+class Proxies:
+    """Answers "which proxy for this URL?", from ``proxy=`` or from the environment.
+
+    Args:
+        setting: A proxy URL (every request goes through it), ``False`` (never a proxy,
+            whatever the environment says), or ``None`` / ``True`` (the environment's
+            ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``, read once now).
+        environ: The variables to read instead of ``os.environ`` (for tests).
+    """
+
+    def __init__(self, setting: ProxySetting, environ: Mapping[str, str] | None = None) -> None:
+        self._fixed: ProxyChoice | None = None
+        self._env: dict[str, str] = {}
+        self._by_origin: dict[tuple[str, str | None, int | None], ProxyChoice] = {}
+        if setting is False:
+            self._fixed = _DIRECT
+        elif isinstance(setting, str | URL):
+            self._fixed = _parse_proxy(setting, "proxy")
+        elif environ is None:
+            self._env = urllib.request.getproxies_environment()
+        else:
+            self._env = {
+                name[:-6].lower(): value
+                for name, value in environ.items()
+                if name.lower().endswith("_proxy") and value
+            }
+
+    @property
+    def from_environment(self) -> bool:
+        """Whether any proxy variable was set (and ``proxy=`` did not override it)."""
+        return self._fixed is None and bool(self._env)
+
+    def for_url(self, url: URL) -> ProxyChoice:
+        """The proxy for a request to ``url`` (computed once per scheme, host and port)."""
+        if self._fixed is not None:
+            return self._fixed
+        key = (url.scheme, url.host, url.port)
+        choice = self._by_origin.get(key)
+        if choice is None:
+            choice = self._by_origin[key] = self._resolve(url)
+        return choice
+
+    def _resolve(self, url: URL) -> ProxyChoice:
+        env = self._env
+        raw = env.get(url.scheme) or env.get("all")
+        if not raw:
+            return _DIRECT
+        host = url.raw_host or ""  # punycode, as NO_PROXY entries are written
+        # typeshed omits proxy_bypass_environment; it is the stdlib's NO_PROXY matcher.
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if bypass(f"{host}:{url.port}", env):
+            return _DIRECT
+        try:
+            return _parse_proxy(raw, f"the {url.scheme.upper()}_PROXY environment variable")
+        except ValueError as exc:
+            # A proxy we cannot use (socks5://...): say so once, and go direct.
+            log.warning("%s; requests to %s go directly", exc, url.host)
+            return _DIRECT
