@@ -87,6 +87,17 @@ def check_headers(headers: Mapping[str, str], api_key: str) -> None:
                 )
 
 
+def api_deadline(timeouts: Timeouts) -> float | None:
+    """How long an API call (not a stream) may take in all: ``total``, and no longer
+    than connecting plus one ``read`` gap, since its answer comes in one piece."""
+    bounds = [t for t in (timeouts.total, _sum(timeouts.connect, timeouts.read)) if t is not None]
+    return min(bounds) if bounds else None
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
 class Response:
     """A finished API response: status, headers and the whole (small) body."""
 
@@ -277,8 +288,11 @@ class Transport:
         self._api_headers = base
         self._json_headers = CIMultiDict(base)
         self._json_headers["Content-Type"] = "application/json"
+        # An API answer is a small JSON body that comes in one or two reads, so the gap
+        # between reads and the whole answer are bounded together, by one timer per
+        # request: aiohttp's sock_read would re-arm a second one for every packet.
         self._request_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=api_deadline(timeouts), sock_connect=timeouts.connect
         )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read

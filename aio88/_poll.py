@@ -515,6 +515,10 @@ class Poller:
 
     # -- tracking ----------------------------------------------------------------------
 
+    def now(self) -> float:
+        """The current time on the poller's clock."""
+        return self._clock.now()
+
     def add(
         self,
         task_id: str,
@@ -721,7 +725,7 @@ class Poller:
         elif self._limit < self.concurrency:
             self._regrow()
         entry.failures = 0
-        previous, entry.task = entry.task, _compact(task)
+        previous, entry.task = entry.task, task
         status = task.status
         progress = task.progress
         if previous is None or (
@@ -733,6 +737,7 @@ class Poller:
         elif status is Status.FAILED:
             self._finish(entry, task, TaskFailedError(task))
         elif entry.live:
+            _compact(task)  # kept until the next poll: worth shrinking (a finished one is not)
             now = self._clock.now()
             self._push(entry, now + plan_delay(self.schedule, entry, now, status, progress, hint))
 
@@ -830,6 +835,12 @@ class Watch:
             fresh: The tasks were just created: first poll after ``schedule.first``.
         """
         poller = self._poller
+        # One clock read for the whole batch: adding 100,000 ids is part of their cost.
+        timeout = self._timeout
+        remaining = self._deadline - poller.now()
+        if remaining < (math.inf if timeout is None else timeout):
+            timeout = max(0.0, remaining)
+        seen = self._seen
         for item in ids:
             task_kind = kind or (_kind_of(item) if not isinstance(item, str) else self._kind)
             try:
@@ -840,14 +851,10 @@ class Watch:
                     Outcome(str(getattr(item, "id", item)), task_kind, None, exc)
                 )
                 continue
-            if task_id in self._seen:
+            if task_id in seen:
                 continue
-            self._seen.add(task_id)
+            seen.add(task_id)
             self._count_one()
-            timeout = self._timeout
-            remaining = self._deadline - poller._clock.now()
-            if remaining < (math.inf if timeout is None else timeout):
-                timeout = max(0.0, remaining)
             poller.add(task_id, kind=task_kind, timeout=timeout, fresh=fresh)
 
     def _count_one(self) -> None:
@@ -877,14 +884,27 @@ class Watch:
             if self.pending <= 0:
                 raise StopAsyncIteration
             try:
-                outcome = await self._receive.receive()
+                # Outcomes already waiting are taken without a trip through the loop.
+                outcome = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                outcome = await self._next_outcome()
             except anyio.EndOfStream:
-                fatal = self._poller._fatal
-                assert fatal is not None
-                raise fatal from None
+                raise self._fatal() from None
             if outcome is not _WAKE:
                 self.pending -= 1
                 return outcome
+
+    async def _next_outcome(self) -> Outcome:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise self._fatal() from None
+
+    def _fatal(self) -> BaseException:
+        """The error that closed the stream (a refused key)."""
+        fatal = self._poller._fatal
+        assert fatal is not None
+        return fatal
 
     def stats(self) -> PollerStats:
         """The underlying poller's statistics."""
