@@ -6,10 +6,11 @@ import asyncio
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from servers import Nginx, RawServerPool, StaticHttpServer, TestCA, TinyProxy, make_test_ca
 
 #: What a raw server answers to a request (its raw bytes): the reply, or None to close.
 Answer = Callable[[bytes], bytes | None]
@@ -138,3 +139,65 @@ async def tls_server(
     servers = RawServers(server_context)
     yield servers.start  # type: ignore[misc]
     await servers.close()
+
+
+#: Every spelling of the proxy variables that urllib (and so aio88) reads.
+PROXY_VARIABLES = [
+    spelling
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for spelling in (name, name.upper())
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never go through a developer's proxy: the client honours these variables."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def raw_servers() -> AsyncIterator[RawServerPool]:
+    """Start flexible raw servers (``await raw_servers.start(answer)``, see
+    :class:`servers.RawServer`); closed after the test, which fails if a script raised."""
+    pool = RawServerPool()
+    yield pool
+    errors = await pool.close()
+    assert not errors, f"a raw server's script raised: {errors!r}"
+
+
+def _program(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        pytest.skip(f"needs {name} (.ci/run installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx on loopback with ``keepalive_timeout 1s`` and ``keepalive_requests 3``
+    (see :class:`servers.Nginx`), for the whole session."""
+    _program("nginx")
+    with Nginx(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def static_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticHttpServer]:
+    """``python -m http.server`` (HTTP/1.0) on loopback, for the whole session."""
+    with StaticHttpServer(tmp_path_factory.mktemp("http-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A real forward proxy (tinyproxy) on loopback, for the whole session."""
+    _program("tinyproxy")
+    with TinyProxy(tmp_path_factory.mktemp("tinyproxy")) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A test CA and a server certificate for 127.0.0.1 signed by it."""
+    return make_test_ca(tmp_path_factory.mktemp("ca"), _program("openssl"))
