@@ -57,10 +57,12 @@ class Timeouts:
     ========  =================================================================
     connect   establishing a connection (TCP, proxy and TLS; not the wait for a
               free slot among ``max_connections``)
-    read      the gap between two reads of the response (a silent server, a
-              stalled stream)
-    total     a whole API request (JSON calls; not downloads, which only have
-              ``connect`` and ``read`` so that big files are never cut off)
+    read      the gap between two reads of a stream or download (a silent
+              server, a stalled body); an API call's answer is one small JSON
+              body, so it must come whole within ``connect + read``
+    total     a whole API call, retries not included (not streams or downloads,
+              which only have ``connect`` and ``read``, so that big files are
+              never cut off)
     ========  =================================================================
 
     These bound single requests. How long to *wait for a task* is ``wait(timeout=...)``.

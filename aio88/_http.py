@@ -130,7 +130,7 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
         return APIConnectionError(
             f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted "
             f"({exc.certificate_error}); pass Client(ssl=...) with a context that trusts "
-            "your CA, or set SSL_CERT_FILE",
+            "your CA, or set SSL_CERT_FILE before the program starts",
             request_sent=False,
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError):

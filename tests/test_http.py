@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from yarl import URL
 
 from aio88 import APIConnectionError, APITimeoutError, Client, NotFoundError
 from aio88._http import translate
+from aio88._proxies import Proxies
 from aio88._resources import _sniff_image_type, poll_hint
 from aio88.testing import Emulator
 from aio88.testing.pytest_plugin import FAST_RETRY
@@ -99,3 +103,85 @@ async def test_stream_connect_failure(closed_port: int) -> None:
         with pytest.raises(APIConnectionError):
             async with client.videos.content("task_1"):
                 pass  # pragma: no cover
+
+
+def content_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.aio88_emulator(duration=None, content_size=3 * 2**20 + 11)
+async def test_cut_stream_is_an_aio88_error(aio88_client: Client, aio88_emulator: Emulator) -> None:
+    """A stream cut mid-body raises APIConnectionError (never aiohttp's own error), saying
+    how much had arrived and how to continue."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    aio88_emulator.inject("truncate", path=f"/v1/videos/{task_id}/content")
+    received = 0
+    with pytest.raises(APIConnectionError, match=r"cut after [0-9,]+ bytes.*resume=True") as caught:
+        async with aio88_client.videos.content(task_id) as body:
+            async for chunk in body:
+                received += len(chunk)
+    assert f"after {received:,} bytes" in str(caught.value)
+    assert 0 < received < aio88_emulator.content_length
+
+
+@pytest.mark.aio88_emulator(duration=None, content_size=3 * 2**20 + 11)
+async def test_cut_stream_resumes_with_range(
+    aio88_client: Client, aio88_emulator: Emulator
+) -> None:
+    """content(resume=True) continues a cut stream with Range: the same bytes, in order."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    aio88_emulator.inject("truncate", path=f"/v1/videos/{task_id}/content", times=2)
+    async with aio88_client.videos.content(task_id, resume=True) as body:
+        data = b"".join([chunk async for chunk in body])
+        assert body.received == len(data)
+    assert content_sha(data) == aio88_emulator.content_sha256
+    gets = [r for r in aio88_emulator.requests if r.path.endswith("/content")]
+    ranges = [r.headers.get("range") for r in gets]
+    assert ranges[0] is None and all(r is not None for r in ranges[1:]) and len(gets) == 3
+    assert gets[1].headers.get("if-range") is not None  # the same file, or a whole new one
+
+
+@pytest.mark.aio88_emulator(duration=None, content_size=3 * 2**20 + 11, honor_range=False)
+async def test_cut_stream_that_cannot_resume_says_so(
+    aio88_client: Client, aio88_emulator: Emulator
+) -> None:
+    """A server that ignores Range cannot continue a stream: a clear error, not wrong bytes."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    aio88_emulator.inject("truncate", path=f"/v1/videos/{task_id}/content")
+    with pytest.raises(APIConnectionError, match=r"cannot continue it.*HTTP 200"):
+        async with aio88_client.videos.content(task_id, resume=True) as body:
+            await body.read()
+
+
+def test_proxies_from_an_environment() -> None:
+    """The environment is read once; NO_PROXY, credentials and odd schemes are handled."""
+    env = {
+        "HTTPS_PROXY": "http://user:p%40ss@proxy.example:3128",
+        "http_proxy": "proxy.example:8080",
+        "NO_PROXY": "internal.example,127.0.0.1",
+        "ALL_PROXY": "socks5://s.example:1080",
+    }
+    proxies = Proxies(None, env)
+    url, headers = proxies.for_url(URL("https://api.example/v1"))
+    assert url == URL("http://proxy.example:3128") and headers is not None
+    assert base64.b64decode(headers["Proxy-Authorization"][6:]) == b"user:p@ss"
+    assert proxies.for_url(URL("http://cdn.example/v.mp4"))[0] == URL("http://proxy.example:8080")
+    assert proxies.for_url(URL("https://internal.example/x")) == (None, None)
+    assert proxies.for_url(URL("http://127.0.0.1:8080/x")) == (None, None)
+    assert proxies.from_environment
+    assert Proxies(False, env).for_url(URL("https://api.example")) == (None, None)
+    assert Proxies(None, {"FTP_PROXY": "http://p:1"}).for_url(URL("https://a.example")) == (
+        None,
+        None,
+    )
+    with pytest.raises(ValueError, match="http:// proxy URL"):
+        Proxies("ftp://p.example:21")
+
+
+def test_unusable_environment_proxy_goes_direct(caplog: pytest.LogCaptureFixture) -> None:
+    """A socks5:// proxy in the environment (aiohttp speaks HTTP proxies only) is skipped
+    with a warning rather than failing every request."""
+    proxies = Proxies(None, {"HTTPS_PROXY": "socks5://s.example:1080"})
+    with caplog.at_level("WARNING", logger="aio88"):
+        assert proxies.for_url(URL("https://api.example")) == (None, None)
+    assert "HTTPS_PROXY" in caplog.text and "directly" in caplog.text
