@@ -165,8 +165,13 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-#: Failures that trying again cannot mend: a redirect loop, a redirect nowhere.
-_FINAL_ERRORS = (aiohttp.TooManyRedirects, aiohttp.InvalidURL)
+#: Failures that trying again cannot mend: a redirect loop, a redirect nowhere, a
+#: certificate we do not trust.
+_FINAL_ERRORS = (
+    aiohttp.TooManyRedirects,
+    aiohttp.InvalidURL,
+    aiohttp.ClientConnectorCertificateError,
+)
 
 
 #: What a request or a body read can fail with, before translation.
