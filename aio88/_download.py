@@ -429,7 +429,8 @@ async def _receive(
             if offset
             else hashlib.sha256()
         )
-    writer = PartWriter(part, offset, hasher)
+    # Two blocks may wait for the disk; beyond that, reading pauses (and memory stays flat).
+    writer = PartWriter(part, offset, hasher, max_pending=2 * body.block_size)
     try:
         await anyio.to_thread.run_sync(writer.open)
     except OSError as exc:
@@ -449,7 +450,7 @@ async def _receive(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_blocks)
-            block: bytes | None = None
+            block: list[bytes] | None = None
             reported = offset
             try:
                 # The network fills the next block while the writer thread writes this one.

@@ -189,7 +189,8 @@ class Body:
 
     def __init__(self, response: aiohttp.ClientResponse, block_size: int) -> None:
         self._response = response
-        self._block_size = block_size
+        #: The most aiohttp holds before it pauses reading the socket (half its buffer).
+        self.block_size = block_size
         self._what = f"GET {response.url.path}"
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
@@ -197,23 +198,45 @@ class Body:
         # A compressed body arrives decompressed: its Content-Length says nothing then.
         encoded = response.headers.get("Content-Encoding", "identity") not in ("", "identity")
         self.content_length = None if encoded else response.content_length
-        #: Body bytes received so far.
+        #: Body bytes handed over so far.
         self.received = 0
+        self._failure: APIConnectionError | None = None
 
-    async def next_block(self) -> bytes | None:
-        """The next piece of the body (up to the block size), or None at its end.
+    async def next_block(self) -> list[bytes] | None:
+        """The next block of the body, or None at its end: the pieces aiohttp received,
+        about ``block_size`` bytes of them (less at the end of the body).
+
+        The pieces are collected, never joined: joining them was a copy of the whole body,
+        12 % of a download's time at 1 GB/s. And they go to the writer thread in large
+        blocks: a hand-over per piece (64-256 KiB) made the two threads trade the GIL so
+        often that throughput halved.
 
         Raises:
-            APIConnectionError: The connection broke (or the body was cut short).
+            APIConnectionError: The connection broke (or the body was cut short); pieces
+                received before are returned first, so that they reach the ``.part``.
         """
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        content = self._response.content
+        pieces: list[bytes] = []
+        size = 0
         try:
-            chunk = await self._response.content.read(self._block_size)
+            while size < self.block_size:
+                piece, end_of_http_chunk = await content.readchunk()
+                if piece:
+                    pieces.append(piece)
+                    size += len(piece)
+                elif not end_of_http_chunk:
+                    break  # the end of the body (an empty piece that ends a chunk is not)
         except TRANSPORT_ERRORS as exc:
-            raise translate(exc, self._what) from exc
-        if not chunk:
-            return None
-        self.received += len(chunk)
-        return chunk
+            failure = translate(exc, self._what)
+            failure.__cause__ = exc
+            if not pieces:
+                raise failure from exc
+            self._failure = failure  # raised on the next call, after these are kept
+        self.received += size
+        return pieces or None
 
     async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
         """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
