@@ -3,10 +3,10 @@
 A download writes to ``<dest>.part`` and renames it to ``dest`` only once the size (and,
 if given, the SHA-256) is right, so nothing incomplete is ever at ``dest``. A ``.part``
 left by a dropped connection, a crash or a cancellation is continued with ``Range`` the
-next time. The body is read into a few reusable buffers (:mod:`aio88._body`) that a
-writer thread of the download's own appends to the ``.part`` (:mod:`aio88._writer`) while
-the next fills, so the event loop never waits on the disk, and memory stays at three
-buffers whatever the size.
+next time. aiohttp reads the body in blocks of about 1 MiB that a writer thread of the
+download's own appends to the ``.part`` (:mod:`aio88._writer`) while the next arrives, so
+the event loop never waits on the disk, and memory stays at a few blocks whatever the
+size.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from yarl import URL
 from ._errors import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AuthenticationError,
     DownloadError,
     RateLimitError,
@@ -401,10 +402,10 @@ async def _receive(
     sha256: str | None,
     on_progress: Progress | None,
     fsync: bool,
-    stall_after: float | None,
+    read_timeout: float | None,
 ) -> int:
     if body.content_type.startswith(_NOT_VIDEO):
-        text = (await body.read_small_body(2000, stall_after)).decode("utf-8", "replace")
+        text = (await body.read_small_body(2000, read_timeout)).decode("utf-8", "replace")
         raise DownloadError(
             f"expected a video from {url.with_query(None)} but got {body.content_type}: {text!r}",
             path=dest,
@@ -444,12 +445,29 @@ async def _receive(
         # Its own limiter: a long download must not hold one of the shared thread tokens.
         limiter = anyio.CapacityLimiter(1)
         await anyio.to_thread.run_sync(writer.run, tg.cancel_scope.cancel, limiter=limiter)
+        tg.cancel_scope.cancel()  # every block is written: the stall watch can stop
 
-    # A stalled body is aiohttp's to notice (Timeouts.read between two reads of the
-    # socket); while the disk is behind, reading is paused and that timer with it.
+    async def watch_for_stalls(period: float) -> None:
+        # aiohttp's read timer catches a silent server, but not a body its parser gave up
+        # on without a word (a malformed chunk): one check per period catches both. Bytes
+        # written count as progress too: while the disk catches up, reading pauses.
+        seen = -1
+        while True:
+            await anyio.sleep(period)
+            now = body.received + writer.written
+            if now == seen:
+                failure.append(
+                    APITimeoutError(f"GET {url.path}: no data for {period:g}s mid-download")
+                )
+                tg.cancel_scope.cancel()
+                return
+            seen = now
+
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_blocks)
+            if read_timeout is not None:
+                tg.start_soon(watch_for_stalls, read_timeout)
             block: list[bytes] | None = None
             reported = offset
             try:
@@ -465,10 +483,12 @@ async def _receive(
             except Exception as exc:  # a dropped connection, or on_progress's own error
                 failure.append(exc)  # raised as itself below, not in an ExceptionGroup
             finally:
-                # A block taken but not handed over yet (a cancellation) is kept too: the
-                # .part is what a resume continues.
-                if writer.error is None and block is not None:
-                    writer.put_nowait(block)
+                # What arrived but is not handed over yet (a cancellation, a stall) is kept
+                # too, in order: the .part is what a resume continues.
+                if writer.error is None:
+                    for rest in (block or [], body.leftovers()):
+                        if rest:
+                            writer.put_nowait(rest)
                 writer.stop()
     finally:
         with anyio.CancelScope(shield=True):
@@ -476,6 +496,8 @@ async def _receive(
     if writer.error is not None:
         raise _disk_error(writer.error, dest, part) from writer.error
     if failure:
+        if body.encoded:  # its bytes cannot be continued with a Range: start over
+            await anyio.to_thread.run_sync(_discard, part)
         raise failure[0]
     done = offset + writer.written
     if on_progress is not None and done != reported:

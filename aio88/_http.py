@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import aiohttp
 import anyio
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -38,7 +39,7 @@ from ._errors import (
     make_status_error,
     request_id_from,
 )
-from ._proxies import Proxies, ProxyChoice, ProxySetting
+from ._proxies import DIRECT, Proxies, ProxyChoice, ProxySetting
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._version import __version__
 
@@ -55,7 +56,9 @@ USER_AGENT = (
 SSLSetting = ssl_module.SSLContext | bool | None
 
 _T = TypeVar("_T")
-_DIRECT: ProxyChoice = (None, None)
+
+#: Statuses whose ``Location`` is followed.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 #: Characters that would end a header line early (and so smuggle in another header, or a
 #: whole request), or that no HTTP server accepts.
@@ -145,18 +148,19 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
             f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})", request_sent=False
         )
     if isinstance(exc, aiohttp.ClientHttpProxyError):
+        hint = " (check the credentials in the proxy URL)" if exc.status == 407 else ""
         return APIConnectionError(
-            f"{what}: the proxy refused the connection (HTTP {exc.status} {exc.message})",
+            f"{what}: the proxy refused the connection (HTTP {exc.status} {exc.message})" + hint,
             request_sent=False,
         )
+    if isinstance(exc, HttpProcessingError):
+        return APIConnectionError(f"{what}: the body is not valid HTTP framing ({exc.message})")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return APIConnectionError(
             f"{what}: the server closed the connection without a complete answer"
         )
     if isinstance(exc, aiohttp.ClientPayloadError):
         return APIConnectionError(f"{what}: the server closed the connection mid-body")
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return APIConnectionError(f"{what}: stopped after {MAX_REDIRECTS} redirects (a loop?)")
     if isinstance(exc, aiohttp.InvalidURL):
         return APIConnectionError(f"{what}: the server redirected to an unusable URL ({exc})")
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -165,18 +169,20 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-#: Failures that trying again cannot mend: a redirect loop, a redirect nowhere, a
-#: certificate we do not trust.
+#: Failures that trying again cannot mend: a URL aiohttp refuses, a certificate we do
+#: not trust, a proxy that refuses us (407: its credentials), a pinned fingerprint.
 _FINAL_ERRORS = (
-    aiohttp.TooManyRedirects,
     aiohttp.InvalidURL,
     aiohttp.ClientConnectorCertificateError,
+    aiohttp.ClientHttpProxyError,
+    aiohttp.ServerFingerprintMismatch,
 )
 
 
 #: What a request or a body read can fail with, before translation.
 TRANSPORT_ERRORS = (
     aiohttp.ClientError,
+    HttpProcessingError,  # aiohttp's pure-Python parser raises it for a bad body
     TimeoutError,
     asyncio.TimeoutError,
     OSError,
@@ -195,11 +201,16 @@ class Body:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
         self.content_type = response.content_type
-        # A compressed body arrives decompressed: its Content-Length says nothing then.
-        encoded = response.headers.get("Content-Encoding", "identity") not in ("", "identity")
-        self.content_length = None if encoded else response.content_length
-        #: Body bytes handed over so far.
+        #: Whether the body came compressed (although ``identity`` was asked for): its
+        #: Content-Length then says nothing, and a Range would count other bytes.
+        self.encoded = response.headers.get("Content-Encoding", "identity") not in (
+            "",
+            "identity",
+        )
+        self.content_length = None if self.encoded else response.content_length
+        #: Body bytes received so far.
         self.received = 0
+        self._pieces: list[bytes] = []
         self._failure: APIConnectionError | None = None
 
     async def next_block(self) -> list[bytes] | None:
@@ -209,7 +220,8 @@ class Body:
         The pieces are collected, never joined: joining them was a copy of the whole body,
         12 % of a download's time at 1 GB/s. And they go to the writer thread in large
         blocks: a hand-over per piece (64-256 KiB) made the two threads trade the GIL so
-        often that throughput halved.
+        often that throughput halved. Pieces of a block cut short by a cancellation stay
+        in :meth:`leftovers`.
 
         Raises:
             APIConnectionError: The connection broke (or the body was cut short); pieces
@@ -219,7 +231,7 @@ class Body:
             failure, self._failure = self._failure, None
             raise failure
         content = self._response.content
-        pieces: list[bytes] = []
+        pieces = self._pieces
         size = 0
         try:
             while size < self.block_size:
@@ -227,6 +239,7 @@ class Body:
                 if piece:
                     pieces.append(piece)
                     size += len(piece)
+                    self.received += len(piece)
                 elif not end_of_http_chunk:
                     break  # the end of the body (an empty piece that ends a chunk is not)
         except TRANSPORT_ERRORS as exc:
@@ -235,8 +248,12 @@ class Body:
             if not pieces:
                 raise failure from exc
             self._failure = failure  # raised on the next call, after these are kept
-        self.received += size
-        return pieces or None
+        return self.leftovers() or None
+
+    def leftovers(self) -> list[bytes]:
+        """The pieces received and not handed out yet (and forget them)."""
+        pieces, self._pieces = self._pieces, []
+        return pieces
 
     async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
         """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
@@ -264,11 +281,12 @@ async def read_limited(
 class Transport:
     """Owns the aiohttp sessions and sends every request of one :class:`~aio88.Client`.
 
-    Two sessions share the client's settings: one for every request but creates, and one
-    for creates, whose connections are reused only within :data:`CREATE_KEEPALIVE` seconds.
-    A POST sent on a pooled connection that the server has just closed fails although the
-    server never saw it, and aiohttp does not retry a POST; for a create that would look
-    like "maybe created, maybe billed". A connection used a moment ago is not being closed.
+    Two sessions share the client's settings and cookies: one for every request but
+    creates, and one for creates, whose connections are reused only within
+    :data:`CREATE_KEEPALIVE` seconds. A POST sent on a pooled connection that the server
+    has just closed fails although the server never saw it, and aiohttp does not retry a
+    POST; for a create that would look like "maybe created, maybe billed". A connection
+    used a moment ago is not being closed.
     """
 
     def __init__(
@@ -299,23 +317,28 @@ class Transport:
         self._create_session: aiohttp.ClientSession | None = None
         self.owns_session = session is None
         self._given_session = session
-        self._proxy_setting = proxy
-        self._proxies: Proxies | None = None
+        # With the caller's session and no proxy= of ours, its own trust_env decides.
+        self._proxies = None if session is not None and proxy is None else Proxies(proxy)
         self._ssl = ssl
         self._trace_configs = list(trace_configs or ())
-        # Built once and reused unchanged: aiohttp takes a CIMultiDict as it is. A user's
-        # header replaces the default of the same name, whatever its case.
-        base: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT, "Accept": "*/*"})
-        self._plain_headers = CIMultiDict(base)
+        # Built once: a user's header replaces the default of the same name, whatever its
+        # case. Other origins (a CDN, a redirect's target) get none of the user's headers
+        # but the User-Agent, and never the credentials.
+        user_agent = next(
+            (v for k, v in (headers or {}).items() if k.lower() == "user-agent"), USER_AGENT
+        )
+        self._plain_headers: CIMultiDict[str] = CIMultiDict(
+            {"User-Agent": user_agent, "Accept": "*/*"}
+        )
+        base: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT})
         base["Accept"] = "application/json"
         for name, value in (headers or {}).items():
             base[name] = value
-            if name.lower() in ("user-agent", "host"):
-                self._plain_headers[name] = value
         base["Authorization"] = f"Bearer {api_key}"
         self._api_headers = base
         self._json_headers = CIMultiDict(base)
         self._json_headers["Content-Type"] = "application/json"
+        self._api_proxy: ProxyChoice = DIRECT
         # An API answer is a small JSON body that comes in one or two reads, so the gap
         # between reads and the whole answer are bounded together, by one timer per
         # request: aiohttp's sock_read would re-arm a second one for every packet.
@@ -325,9 +348,11 @@ class Transport:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        self._api_proxy: ProxyChoice = _DIRECT
+        # A stream has no total, so its head (the proxy's CONNECT answer included, which
+        # aiohttp reads without sock_read) is bounded on its own.
+        self._head_limit = _sum(timeouts.connect, timeouts.read)
         self._consecutive_429 = 0
-        #: Requests sent, including retries (for stats and tests).
+        #: Requests sent, including retries and redirects (for stats and tests).
         self.requests_sent = 0
         #: 429 answers seen.
         self.rate_limited = 0
@@ -338,11 +363,8 @@ class Transport:
 
     def open(self) -> None:
         """Create the sessions (or adopt the caller's). Needs a running event loop."""
-        self._proxies = Proxies(self._proxy_setting)
         if self._given_session is not None:
             self.session = self._create_session = self._given_session
-            if self._proxy_setting is None:
-                return  # the caller's session decides (its own trust_env)
         else:
             ssl: ssl_module.SSLContext | bool = True if self._ssl is None else self._ssl
             if ssl is False:
@@ -350,12 +372,19 @@ class Transport:
                     "aio88.Client(ssl=False): TLS certificates are not verified; anyone on "
                     "the network path can read the API key"
                 )
-            self.session = self._new_session(ssl, keepalive=POOL_KEEPALIVE)
-            self._create_session = self._new_session(ssl, keepalive=CREATE_KEEPALIVE)
+            cookies = aiohttp.CookieJar()  # one jar: a sticky balancer's cookie goes everywhere
+            self.session = self._new_session(ssl, POOL_KEEPALIVE, cookies)
+            self._create_session = self._new_session(ssl, CREATE_KEEPALIVE, cookies)
         self._api_proxy = self.proxy_for(self.origin)
+        proxy_headers = self._api_proxy[1]
+        if proxy_headers and self.origin.scheme == "http":
+            # A plain-HTTP request through a proxy carries the proxy's credentials itself
+            # (aiohttp sends proxy_headers only on a CONNECT).
+            self._api_headers.update(proxy_headers)
+            self._json_headers.update(proxy_headers)
 
     def _new_session(
-        self, ssl: ssl_module.SSLContext | bool, keepalive: float
+        self, ssl: ssl_module.SSLContext | bool, keepalive: float, cookies: aiohttp.CookieJar
     ) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=self.max_connections,
@@ -366,7 +395,7 @@ class Transport:
         )
         return aiohttp.ClientSession(
             connector=connector,
-            auto_decompress=True,
+            cookie_jar=cookies,
             trust_env=False,  # the environment's proxies are read once, by Proxies
             trace_configs=self._trace_configs or None,
         )
@@ -395,22 +424,31 @@ class Transport:
             return []
         return [s for s in (self.session, self._create_session) if s is not None]
 
-    @property
-    def is_open(self) -> bool:
-        """Whether the sessions exist (between :meth:`open` and :meth:`aclose`)."""
-        return self.session is not None
-
     # -- addressing ----------------------------------------------------------------------
-
-    def auth_headers_for(self, url: URL) -> CIMultiDict[str]:
-        """The headers for a request to ``url``: credentials only for the API's origin."""
-        if url.origin() == self.origin:
-            return CIMultiDict(self._api_headers)
-        return CIMultiDict(self._plain_headers)
 
     def api_url(self, path: str) -> URL:
         """The absolute URL of an API path (``path`` is already validated and encoded)."""
         return URL(self.base_url + path, encoded=True)
+
+    def proxy_for(self, url: URL) -> ProxyChoice:
+        """The proxy a request to ``url`` goes through (None: directly), and its headers."""
+        return DIRECT if self._proxies is None else self._proxies.for_url(url)
+
+    def headers_for(
+        self, url: URL, extra: Mapping[str, str] | None = None
+    ) -> tuple[CIMultiDict[str], ProxyChoice]:
+        """The headers and proxy of a request to ``url``: the user's headers and the
+        credentials only for the API's origin, then ``extra`` (Range, Accept...)."""
+        api = url.scheme == self.origin.scheme and url.raw_host == self.origin.raw_host
+        if api and url.port == self.origin.port:
+            headers, proxy = CIMultiDict(self._api_headers), self._api_proxy
+        else:
+            headers, proxy = CIMultiDict(self._plain_headers), self.proxy_for(url)
+            if proxy[1] and url.scheme == "http":
+                headers.update(proxy[1])  # see open(): plain HTTP carries proxy credentials
+        if extra:
+            headers.update(extra)
+        return headers, proxy
 
     # -- pacing --------------------------------------------------------------------------
 
@@ -440,76 +478,105 @@ class Transport:
         *,
         headers: CIMultiDict[str],
         proxy: ProxyChoice,
+        extra: Mapping[str, str] | None = None,
         body: bytes | Callable[[], object] | None = None,
         params: Mapping[str, str] | None = None,
         idempotent: bool,
         timeout: aiohttp.ClientTimeout,
         read_bufsize: int | None = None,
+        head_limit: float | None = None,
     ) -> _T:
         """Send a request until it succeeds or must fail, and return ``read(response)``.
 
         This is the retry loop of every request: JSON calls, streams and downloads. Each try
-        takes a turn in the rate budget. A successful answer (below 400; aiohttp follows
-        redirects, and drops the credentials when one leaves the API's origin) is handed to
-        ``read``, whose failures to read it count as failures of the try. An error answer
-        is read (64 KiB at most) and raised as its :class:`APIStatusError`, or retried.
+        and each redirect takes a turn in the rate budget. Redirects are followed here,
+        not by aiohttp, so that each hop gets its own headers (the credentials and the
+        user's headers only on the API's origin) and its own proxy. A successful answer is
+        handed to ``read``, whose failures to read it count as failures of the try. An
+        error answer is read (64 KiB at most) and raised as its :class:`APIStatusError`, or
+        retried.
 
         Args:
             method: The HTTP method.
             url: The absolute URL.
             read: Takes the response; for a JSON call, it reads the body; for a stream, it
                 returns the response unread (the caller then releases it).
-            headers: The request's headers (see :meth:`auth_headers_for`).
-            proxy: The proxy and its headers (see :meth:`proxy_for`).
+            headers: The first hop's headers, and ``proxy`` its proxy (see
+                :meth:`headers_for`).
+            proxy: The first hop's proxy and proxy headers.
+            extra: Headers every hop carries (Range, If-Range, Accept...).
             body: The request body, or what builds it afresh for each try (a form cannot
                 be sent twice).
-            params: Query parameters.
+            params: Query parameters of the first hop.
             idempotent: Whether resending is harmless. A create is not: it is retried only
                 when the server provably did not see it.
             timeout: aiohttp's timeouts for each try.
             read_bufsize: How much of the body aiohttp may hold before pausing the socket.
+            head_limit: Seconds within which the answer's head must arrive (streams).
 
         Raises:
             APIStatusError: The server answered 4xx/5xx (after any retries).
             APIConnectionError: The server could not be reached (after any retries).
         """
         session = self._session_for(method, idempotent)
-        proxy_url, proxy_headers = proxy
-        attempt = 0
+        attempt = redirects = 0
         while True:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
+            location = None
             try:
-                resp = await session.request(
+                sending = session.request(
                     method,
                     url,
                     headers=headers,
                     data=body() if callable(body) else body,
                     params=params,
                     timeout=timeout,
-                    proxy=proxy_url,
-                    proxy_headers=proxy_headers,
-                    max_redirects=MAX_REDIRECTS,
+                    proxy=proxy[0],
+                    proxy_headers=proxy[1],
+                    allow_redirects=False,
+                    raise_for_status=False,  # whatever a caller's session says
+                    auto_decompress=True,
                     read_bufsize=read_bufsize,
                 )
-                if resp.status < 400:
+                if head_limit is None:  # an API call: its total timer bounds it
+                    resp = await sending
+                else:
+                    with anyio.fail_after(head_limit):
+                        resp = await sending
+                status = resp.status
+                if status < 300:
                     result = await read(resp)
                     if self._consecutive_429:
                         self._consecutive_429 = 0
                     self.rate.on_success()
                     return result
-                error_body = await read_limited(resp, ERROR_BODY_LIMIT, self.timeouts.read)
-                resp.release()
+                try:
+                    if status in _REDIRECTS and "Location" in resp.headers:
+                        location = resp.headers["Location"]
+                    else:
+                        error_body = await read_limited(resp, ERROR_BODY_LIMIT, self.timeouts.read)
+                finally:
+                    resp.release()
             except _FINAL_ERRORS as exc:
                 raise translate(exc, f"{method} {url.path}") from exc
             except TRANSPORT_ERRORS as exc:
                 what = f"{method} {url.path}"  # failures only: the poll path builds no strings
                 await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
                 continue
+            if location is not None:
+                redirects += 1
+                url = _redirect_target(url, location, redirects, f"{method} {url.path}")
+                headers, proxy = self.headers_for(url, extra)
+                params = None  # the Location carries its own query
+                if status == 303 or (status in (301, 302) and method == "POST"):
+                    method, body = "GET", None  # as browsers do, and RFC 9110 allows
+                attempt -= 1  # following a redirect is not a retry
+                continue
             what = f"{method} {url.path}"
             delay = self._delay_or_raise(
-                resp.status, resp.headers, error_body, attempt, idempotent, what
+                status, resp.headers, error_body, attempt, idempotent, what
             )
             if delay > 0:
                 await anyio.sleep(delay)
@@ -519,12 +586,6 @@ class Transport:
         if session is None:
             raise RuntimeError("aio88.Client is closed; open a new Client to send requests")
         return session
-
-    def proxy_for(self, url: URL) -> ProxyChoice:
-        """The proxy a request to ``url`` goes through (None: directly), and its headers."""
-        if self._proxies is None or (self._given_session is not None and not self._proxy_setting):
-            return _DIRECT  # closed, or the caller's session decides
-        return self._proxies.for_url(url)
 
     def _delay_after_failure(
         self, exc: BaseException, what: str, attempt: int, idempotent: bool
@@ -637,55 +698,56 @@ class Transport:
         params: Mapping[str, str] | None = None,
         read_bufsize: int | None = None,
     ) -> aiohttp.ClientResponse:
-        """Open a streamed GET: a response below 400 with its body unread, for the caller
+        """Open a streamed GET: a response below 300 with its body unread, for the caller
         to read and release. Retries only until the body starts.
 
-        Credentials go only to the API origin, also across redirects. An error status
-        raises its :class:`APIStatusError` with the body read. ``Timeouts.read`` bounds
-        the wait for the head and every gap in the body (not the whole body: a big file
-        is never cut off for taking long).
+        Credentials go only to the API origin, also across redirects. The body is asked
+        for uncompressed (a ``Range`` counts the bytes as sent, so a resume of a decoded
+        body would be wrong). An error status raises its :class:`APIStatusError` with the
+        body read. ``connect + read`` bounds the wait for the head, and ``Timeouts.read``
+        every gap in the body (not the whole body: a big file is never cut off for taking
+        long).
         """
-        request_headers = self.auth_headers_for(url)
-        for name, value in (headers or {}).items():
-            request_headers[name] = value
+        extra = {"Accept-Encoding": "identity", **(headers or {})}
+        request_headers, proxy = self.headers_for(url, extra)
         return await self.send(
             "GET",
             url,
             _unread,
             headers=request_headers,
-            proxy=self.proxy_for(url),
+            proxy=proxy,
+            extra=extra,
             params=params,
             idempotent=True,
             timeout=self._stream_timeout,
             read_bufsize=read_bufsize,
+            head_limit=self._head_limit,
         )
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        url: URL,
-        *,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """:meth:`open_stream` as a context manager that releases the response."""
-        resp = await self.open_stream(url, headers=headers, params=params)
-        try:
-            yield resp
-        finally:
-            resp.release()
 
     @asynccontextmanager
     async def open_body(
         self, url: URL, *, headers: Mapping[str, str], block_size: int
     ) -> AsyncIterator[Body]:
         """Open a download's response: its status is 2xx, its body not read yet, and read
-        in blocks of up to ``block_size`` (aiohttp may buffer that much)."""
+        in blocks of about ``block_size`` (aiohttp may buffer twice that)."""
         resp = await self.open_stream(url, headers=headers, read_bufsize=block_size)
         try:
             yield Body(resp, block_size)
         finally:
             resp.release()
+
+
+def _redirect_target(url: URL, location: str, redirects: int, what: str) -> URL:
+    """Where a redirect leads, or why it is not followed."""
+    if redirects > MAX_REDIRECTS:
+        raise APIConnectionError(f"{what}: stopped after {MAX_REDIRECTS} redirects (a loop?)")
+    try:
+        target = url.join(URL(location))
+    except ValueError as exc:
+        raise APIConnectionError(f"{what}: redirected to an unusable URL {location!r}") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise APIConnectionError(f"{what}: redirected to an unusable URL {location!r}")
+    return target
 
 
 async def _read_whole(resp: aiohttp.ClientResponse) -> Response:

@@ -189,6 +189,14 @@ class _Task(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         ident = self._id
         return ident if isinstance(ident, str) else "" if ident is None else str(ident)
 
+    def answers_for(self, task_id: str) -> bool:
+        """Whether this is the task asked for as ``task_id`` (its ``task_id`` or its
+        ``id``: the generation dialect also carries a display id)."""
+        if self.task_id == task_id:
+            return True
+        ident = self._id
+        return ident is not None and (ident == task_id or str(ident) == task_id)
+
     @property
     def status(self) -> Status:
         """The normalised lifecycle state."""

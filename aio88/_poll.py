@@ -715,7 +715,7 @@ class Poller:
         finally:
             self._in_flight -= 1
 
-        if task.id != entry.id:
+        if not task.answers_for(entry.id):
             # An answer about another task (a cache or proxy mixing answers up) is never
             # taken for this one's.
             self._finish(entry, entry.task, wrong_task_error(entry.id, task.id))

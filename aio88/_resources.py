@@ -109,7 +109,7 @@ class _Resource(Generic[TaskT]):
         """
         asked = check_id(task_id)
         task, _ = await self._fetch(asked)
-        if task.id != asked:
+        if not task.answers_for(asked):
             raise wrong_task_error(asked, task.id)
         return task
 
@@ -221,9 +221,10 @@ class Generations(_Resource[GenerationTask]):
 class VideoContent:
     """A finished video's bytes as they arrive: ``async for chunk in content``.
 
-    A broken connection raises :class:`APIConnectionError` saying how many bytes had
-    arrived, or, when the stream was opened with ``resume=True``, is continued from there
-    with a ``Range`` request: the chunks go on as if nothing happened.
+    A broken or stalled connection raises :class:`APIConnectionError` (or
+    :class:`APITimeoutError`) saying how many bytes had arrived, or, when the stream was
+    opened with ``resume=True``, is continued from there with a ``Range`` request: the
+    chunks go on as if nothing happened.
 
     Attributes:
         status: The HTTP status (200, or 206 for a range).
@@ -240,15 +241,21 @@ class VideoContent:
         *,
         reopen: Callable[[int, str | None], Awaitable[aiohttp.ClientResponse]] | None,
         policy: RetryPolicy,
+        read_timeout: float | None,
     ) -> None:
         self._response = response
         self._reopen = reopen
         self._policy = policy
+        self._read_timeout = read_timeout
         self._what = f"GET {response.url.path}"
         self.status = response.status
         self.headers = response.headers
         self.received = 0
-        self._validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        self._length = response.content_length if response.status != 206 else None
+        # If-Range takes a strong ETag only (a weak one always gets the whole file back).
+        etag = response.headers.get("ETag")
+        strong = etag if etag and not etag.startswith("W/") else None
+        self._validator = strong or response.headers.get("Last-Modified")
 
     @property
     def content_type(self) -> str:
@@ -258,18 +265,21 @@ class VideoContent:
     @property
     def content_length(self) -> int | None:
         """The body's length in bytes, when the server said."""
-        return self._response.content_length if self.status != 206 else None
+        return self._length
 
     async def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         """Iterate over the body in chunks of at most ``size`` bytes.
 
         Raises:
-            APIConnectionError: The connection broke (and could not be resumed).
+            APIConnectionError: The connection broke or stalled (and was not resumed).
         """
         failures = 0
         while True:
             try:
-                chunk = await self._response.content.read(size)
+                # aiohttp's own read timer covers a silent server; this one also covers a
+                # body its parser gave up on without a word (a malformed chunk).
+                with anyio.fail_after(self._read_timeout):
+                    chunk = await self._response.content.read(size)
             except TRANSPORT_ERRORS as exc:
                 failures += 1
                 await self._resume(exc, failures)
@@ -294,27 +304,34 @@ class VideoContent:
     async def _resume(self, exc: BaseException, failures: int) -> None:
         """Continue the body from ``received`` on a new response, or raise why not."""
         error = translate(exc, self._what)
+        cut = type(error)  # a stall stays an APITimeoutError
         got = f"after {self.received:,} bytes"
         if self._reopen is None:
-            raise APIConnectionError(
+            raise cut(
                 f"{error.message}: the stream was cut {got}; open it with resume=True to "
                 "continue it, or save the file with download(), which resumes by itself"
             ) from exc
         if failures >= self._policy.attempts:
-            raise APIConnectionError(
+            raise cut(
                 f"{error.message}: the stream was cut {got} and could not be resumed "
                 f"({failures} tries)"
             ) from exc
         self._response.close()
         await anyio.sleep(backoff_delay(failures - 1, self._policy))
         response = await self._reopen(self.received, self._validator)
-        start = (response.headers.get("Content-Range") or "").removeprefix("bytes ")
-        if response.status != 206 or start.split("-", 1)[0] != str(self.received):
+        start, _, total = (response.headers.get("Content-Range") or "").partition("/")
+        why = None
+        if response.status != 206 or start.removeprefix("bytes ").split("-")[0] != str(
+            self.received
+        ):
+            why = f"it answered HTTP {response.status} to a Range request"
+        elif self._length is not None and total != str(self._length):
+            why = f"the file changed on the server ({total} bytes instead of {self._length})"
+        if why is not None:
             response.release()
             raise APIConnectionError(
                 f"{self._what}: the stream was cut {got}, and the server cannot continue it "
-                f"(it answered HTTP {response.status} to a Range request); start again, or "
-                "use download(), which restarts cleanly"
+                f"({why}); start again, or use download(), which restarts cleanly"
             ) from exc
         self._response = response
 
@@ -512,7 +529,12 @@ class Videos(_Resource[Video]):
             return await transport.open_stream(url, headers=headers, params=params)
 
         resp = await transport.open_stream(url, params=params)
-        body = VideoContent(resp, reopen=reopen if resume else None, policy=transport.retry)
+        body = VideoContent(
+            resp,
+            reopen=reopen if resume else None,
+            policy=transport.retry,
+            read_timeout=transport.timeouts.read,
+        )
         try:
             if resp.content_type.startswith(_NOT_VIDEO_TYPES):
                 text = await read_limited(resp, 2000, transport.timeouts.read)

@@ -381,8 +381,8 @@ async def test_credentials_only_for_the_api_origin(aio88_client: Client) -> None
     from yarl import URL
 
     transport = aio88_client._transport
-    assert "Authorization" in transport.auth_headers_for(URL(aio88_client.base_url + "/v1/x"))
-    assert "Authorization" not in transport.auth_headers_for(URL("https://cdn.example/v.mp4"))
+    assert "Authorization" in transport.headers_for(URL(aio88_client.base_url + "/v1/x"))[0]
+    assert "Authorization" not in transport.headers_for(URL("https://cdn.example/v.mp4"))[0]
 
 
 async def test_json_where_video_expected(aio88_client: Client, aio88_emulator: Emulator) -> None:

@@ -448,8 +448,8 @@ async def test_task_sources(aio88_client: Client, aio88_emulator: Emulator, tmp_
 
 
 async def test_stalled_body_is_detected_and_resumed(tmp_path: Path) -> None:
-    """A body that stops flowing trips the stall watch (one check per read timeout) and the
-    download resumes from what it has."""
+    """A body that stops flowing trips the read timeout and the download resumes from
+    what it has."""
     from aiohttp import web
 
     from aio88 import RetryPolicy, Timeouts

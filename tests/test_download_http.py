@@ -143,7 +143,7 @@ async def test_redirect_loop_is_cut_short(raw_server: StartServer, tmp_path: Pat
     async with client_for(port) as client:
         with pytest.raises(DownloadError, match="after 10 redirects"):
             await client.download("task_1", tmp_path / "v.mp4")
-    assert len(seen) == 10 * FAST_RETRY.attempts  # each try: the request and 9 redirects
+    assert len(seen) == 11 * FAST_RETRY.attempts  # each try: the request and 10 redirects
 
 
 @pytest.mark.parametrize(

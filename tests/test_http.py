@@ -168,7 +168,13 @@ def test_proxies_from_an_environment() -> None:
     assert proxies.for_url(URL("http://cdn.example/v.mp4"))[0] == URL("http://proxy.example:8080")
     assert proxies.for_url(URL("https://internal.example/x")) == (None, None)
     assert proxies.for_url(URL("http://127.0.0.1:8080/x")) == (None, None)
-    assert proxies.from_environment
+    lower_wins = Proxies(None, {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"})
+    assert lower_wins.for_url(URL("https://a.example"))[0] == URL("http://lower:2")
+    cgi = Proxies(None, {"HTTP_PROXY": "http://p:1", "REQUEST_METHOD": "GET"})
+    assert cgi.for_url(URL("http://a.example")) == (None, None)
+    cidr = Proxies(None, {"HTTP_PROXY": "http://p:1", "NO_PROXY": "10.0.0.0/8, bad/99"})
+    assert cidr.for_url(URL("http://10.1.2.3/x")) == (None, None)
+    assert cidr.for_url(URL("http://11.0.0.1/x"))[0] == URL("http://p:1")
     assert Proxies(False, env).for_url(URL("https://api.example")) == (None, None)
     assert Proxies(None, {"FTP_PROXY": "http://p:1"}).for_url(URL("https://a.example")) == (
         None,

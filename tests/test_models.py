@@ -232,3 +232,13 @@ def test_repr_shows_the_useful_surface() -> None:
         "GenerationTask(id='t1', status='failed', raw_status='FAILURE', progress=100, error='bad')"
     )
     assert str(Status.SUCCEEDED) == "succeeded"
+
+
+def test_answers_for_either_id() -> None:
+    """A task answers for its task_id and for its id (the generation dialect's display id),
+    never for another."""
+    task = decode_generation(b'{"task_id": "task_1", "id": "video_9", "status": "queued"}')
+    assert task.answers_for("task_1") and task.answers_for("video_9")
+    assert not task.answers_for("task_2")
+    numbered = decode_generation(b'{"code": "success", "data": {"task_id": "t", "id": 42}}')
+    assert numbered.answers_for("42") and numbered.answers_for("t")
