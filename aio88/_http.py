@@ -575,6 +575,13 @@ class Transport:
                 attempt -= 1  # following a redirect is not a retry
                 continue
             what = f"{method} {url.path}"
+            if status == 407 and proxy[0] is not None:
+                # The proxy's answer to a plain-HTTP request, not the API's: as on a CONNECT.
+                raise APIConnectionError(
+                    f"{what}: the proxy refused the connection (HTTP 407); check the "
+                    "credentials in the proxy URL",
+                    request_sent=False,
+                )
             delay = self._delay_or_raise(
                 status, resp.headers, error_body, attempt, idempotent, what
             )

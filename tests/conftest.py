@@ -201,3 +201,12 @@ def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
 def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     """A test CA and a server certificate for 127.0.0.1 signed by it."""
     return make_test_ca(tmp_path_factory.mktemp("ca"), _program("openssl"))
+
+
+@pytest.fixture(scope="session")
+def tinyproxy_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """tinyproxy that wants ``BasicAuth user pass`` (a 407 without it), for the session."""
+    _program("tinyproxy")
+    root = tmp_path_factory.mktemp("tinyproxy-auth")
+    with TinyProxy(root, basic_auth=("user", "pass")) as proxy:
+        yield proxy

@@ -51,6 +51,7 @@ __all__ = [
     "serve_answers",
     "task_id_of",
     "task_json",
+    "wants_close",
 ]
 
 #: How long a process gets to start listening, or to exit when asked.
@@ -255,8 +256,21 @@ Answer = Callable[[RawRequest], bytes | None]
 Handler = Callable[[RawConnection], Awaitable[None]]
 
 
+def wants_close(request: RawRequest) -> bool:
+    """Whether the client asked to close the connection after this request
+    (``Connection: close``; tinyproxy asks so of every request it forwards, and relays a
+    kept-alive connection's later requests untouched, without its ``Via``)."""
+    tokens = {
+        token.strip().lower()
+        for value in request.values("connection")
+        for token in value.split(",")
+    }
+    return "close" in tokens
+
+
 def serve_answers(answer: Answer) -> Handler:
-    """The handler that answers each request on a connection with ``answer(request)``."""
+    """The handler that answers each request on a connection with ``answer(request)``,
+    and closes the connection after a reply that says so or a request that asked."""
 
     async def handle(conn: RawConnection) -> None:
         while (request := await conn.read_request()) is not None:
@@ -264,7 +278,7 @@ def serve_answers(answer: Answer) -> Handler:
             if reply is None:
                 return
             await conn.send(reply)
-            if closes_after(reply):
+            if closes_after(reply) or wants_close(request):
                 return
 
     return handle
@@ -640,16 +654,29 @@ class TinyProxy(_Process):
     """tinyproxy, a real forward proxy (plain HTTP and ``CONNECT`` to any port), in the
     foreground. It adds a ``Via`` header naming itself to what it forwards, and logs each
     request line to its output (:meth:`log_lines`; no log file, which the unprivileged
-    user it drops to as root could not open)."""
+    user it drops to as root could not open). With ``basic_auth``, it answers 407 to any
+    request (``CONNECT`` included) without those credentials in ``Proxy-Authorization``."""
 
     name = "tinyproxy"
+
+    def __init__(self, root: Path, *, basic_auth: tuple[str, str] | None = None) -> None:
+        super().__init__(root)
+        self.basic_auth = basic_auth
+        """``(user, password)`` that every request must carry (``BasicAuth``; a 407
+        otherwise), or None for an open proxy."""
 
     @property
     def url(self) -> str:
         return self.base_url
 
+    def url_with(self, user: str, password: str) -> str:
+        """The proxy's URL with credentials in it (``http://user:pass@127.0.0.1:port``)."""
+        return f"http://{user}:{password}@127.0.0.1:{self.port}"
+
     def prepare(self) -> None:
         conf = TINYPROXY_CONF.format(port=self.port)
+        if self.basic_auth is not None:
+            conf += "BasicAuth {} {}\n".format(*self.basic_auth)
         if os.geteuid() == 0:
             conf += "User nobody\nGroup nogroup\n"
         (self.root / "tinyproxy.conf").write_text(conf)

@@ -9,6 +9,7 @@ asyncio server, nginx, ``python -m http.server`` and tinyproxy (``tests/servers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import aiohttp
 import anyio
 import pytest
 from servers import (
+    Handler,
     Nginx,
     RawConnection,
     RawRequest,
@@ -35,6 +37,7 @@ from servers import (
     StaticHttpServer,
     TestCA,
     TinyProxy,
+    free_port,
     http_reply,
     task_id_of,
     task_json,
@@ -45,8 +48,11 @@ from aio88 import (
     APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
+    BadRequestError,
     Client,
+    DownloadError,
     InternalServerError,
+    NotFoundError,
     Outcome,
     RetryPolicy,
     Schedule,
@@ -315,22 +321,18 @@ async def test_default_host_and_user_agent(raw_servers: RawServerPool) -> None:
         assert agent.startswith("aio88/")
 
 
-async def test_lf_only_answers_end(raw_servers: RawServerPool) -> None:
-    """Bare ``\\n`` line endings: whatever the parser makes of them, each poll ends as a
-    task or an aio88 error, never a hang."""
+async def test_lf_only_answers_are_parsed(raw_servers: RawServerPool) -> None:
+    """Bare ``\\n`` line endings: aiohttp's parser (its C one and its pure-Python one
+    alike, checked on aiohttp 3.14) reads such an answer as a normal one, framing
+    included: each poll gets its own task on the first try, on one kept-alive connection."""
     server = await raw_servers.start(
         lambda request: http_reply(task_json(task_id_of(request)), eol=b"\n")
     )
-    timeouts = Timeouts(connect=1.0, read=0.5, total=2.0)
-    retry = RetryPolicy(attempts=2, backoff_initial=0.01, backoff_max=0.02)
-    async with make_client(server.base_url, timeouts=timeouts, retry=retry) as client, guard():
-        for task_id in ("task_1", "task_2"):
-            try:
-                task = await client.videos.retrieve(task_id)
-            except Aio88Error:
-                continue
-            assert task.id == task_id
-    assert server.requests
+    async with make_client(server.base_url, retry=NO_RETRY) as client, guard():
+        got = [(await client.videos.retrieve(task_id)).id for task_id in ("task_1", "task_2")]
+    assert got == ["task_1", "task_2"]
+    assert [task_id_of(r) for r in server.requests] == got
+    assert server.connections == 1
 
 
 async def test_max_connections_bounds_polls(raw_servers: RawServerPool) -> None:
@@ -753,3 +755,445 @@ async def test_trace_configs_see_every_request(aio88_emulator: Emulator, tmp_pat
     assert not traced.exceptions
     media = [url for _, url in received if url.startswith(emulator.media_url)]
     assert len(media) == 2, received  # content and download, each through the redirect
+
+
+# -- redirects to another origin ---------------------------------------------------------
+
+VIDEO = ("Content-Type", "video/mp4")
+#: The user's headers of the redirect tests: a secret and a ``Host`` for the API only.
+ORG_HEADERS = {"X-Org-Secret": "s3cr3t", "Host": "api.internal"}
+
+
+def redirect_to(location: str) -> bytes:
+    """A ``307`` to ``location``."""
+    return http_reply(
+        b"", status=307, reason="Temporary Redirect", headers=[("Location", location)]
+    )
+
+
+def assert_plain_request_to(server: RawServer, request: RawRequest) -> None:
+    """``request`` carries nothing of the API's: no key, no user header, its own Host."""
+    assert request.values("authorization") == [], request.head
+    assert request.values("x-org-secret") == [], request.head
+    assert request.values("host") == [f"127.0.0.1:{server.port}"], request.head
+    assert len(request.values("user-agent")) == 1, request.head
+
+
+async def test_redirect_to_another_origin_sends_no_api_headers(
+    raw_servers: RawServerPool, tmp_path: Path
+) -> None:
+    """``content()`` and ``videos.download()`` redirected (307) to another origin: the
+    API got the key, the user's headers and its ``Host``; the other origin gets none of
+    them, and its own ``Host``."""
+    data = os.urandom(40_000)
+    media = await raw_servers.start(lambda request: http_reply(data, headers=[VIDEO]))
+    api = await raw_servers.start(lambda request: redirect_to(f"{media.base_url}/media/x.mp4"))
+    async with make_client(api.base_url, headers=ORG_HEADERS) as client, guard():
+        async with client.videos.content("task_1") as body:
+            streamed = await body.read()
+        path = await client.videos.download("task_1", tmp_path / "v.mp4")
+    assert streamed == data == path.read_bytes()
+    assert [r.path for r in api.requests] == ["/v1/videos/task_1/content"] * 2
+    for request in api.requests:
+        assert request.values("authorization") == [f"Bearer {KEY}"], request.head
+        assert request.values("x-org-secret") == ["s3cr3t"], request.head
+        assert request.values("host") == ["api.internal"], request.head
+    assert [r.path for r in media.requests] == ["/media/x.mp4"] * 2
+    for request in media.requests:
+        assert_plain_request_to(media, request)
+
+
+async def test_download_from_another_origin_sends_no_api_headers(
+    raw_servers: RawServerPool, tmp_path: Path
+) -> None:
+    """``client.download(url)`` of another origin: neither the user's headers nor their
+    ``Host`` go with it."""
+    data = os.urandom(40_000)
+    media = await raw_servers.start(lambda request: http_reply(data, headers=[VIDEO]))
+    api = await raw_servers.start(the_task)
+    async with make_client(api.base_url, headers=ORG_HEADERS) as client, guard():
+        path = await client.download(f"{media.base_url}/media/x.mp4", tmp_path / "v.mp4")
+    assert path.read_bytes() == data
+    assert api.requests == []
+    (request,) = media.requests
+    assert_plain_request_to(media, request)
+
+
+# -- proxies: per hop, credentials, NO_PROXY, a silent proxy ------------------------------
+
+
+async def test_each_redirect_hop_chooses_its_own_proxy(
+    tinyproxy: TinyProxy,
+    raw_servers: RawServerPool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``HTTP_PROXY`` with ``NO_PROXY=127.0.0.1``: the API (``localhost``) is reached
+    through the proxy, the 127.0.0.1 origin it redirects to directly."""
+    data = os.urandom(40_000)
+    media = await raw_servers.start(lambda request: http_reply(data, headers=[VIDEO]))
+    target = f"http://127.0.0.1:{media.port}/media/x.mp4"
+    api = await raw_servers.start(lambda request: redirect_to(target))
+    monkeypatch.setenv("HTTP_PROXY", tinyproxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with make_client(f"http://localhost:{api.port}") as client, guard():
+        async with client.videos.content("task_1") as body:
+            streamed = await body.read()
+        path = await client.videos.download("task_1", tmp_path / "v.mp4")
+    assert streamed == data == path.read_bytes()
+    assert len(api.requests) == 2
+    assert all(_via_proxy(r) for r in api.requests), [r.head for r in api.requests]
+    assert len(media.requests) == 2
+    assert not any(_via_proxy(r) for r in media.requests), [r.head for r in media.requests]
+    assert await _proxy_logged(tinyproxy, f"//localhost:{api.port}/")
+    assert not tinyproxy.log_lines(f"127.0.0.1:{media.port}")
+
+
+async def test_proxy_credentials_for_http(
+    tinyproxy_auth: TinyProxy, raw_servers: RawServerPool
+) -> None:
+    """``proxy="http://user:pass@..."`` to a proxy that wants them: plain proxied polls
+    and creates get through."""
+    origin = await raw_servers.start(the_task)
+    proxy = tinyproxy_auth.url_with("user", "pass")
+    async with make_client(origin.base_url, proxy=proxy) as client, guard():
+        assert (await client.videos.retrieve("task_1")).id == "task_1"
+        await client.videos.create(prompt="a red fox")
+    assert [r.method for r in origin.requests] == ["GET", "POST"]
+    assert all(_via_proxy(r) for r in origin.requests), [r.head for r in origin.requests]
+
+
+async def test_proxy_credentials_for_https(
+    tinyproxy_auth: TinyProxy, raw_servers: RawServerPool, test_ca: TestCA
+) -> None:
+    """The same credentials open a ``CONNECT`` tunnel to a TLS origin."""
+    origin = await raw_servers.start(the_task, ssl_context=test_ca.server_context())
+    proxy = tinyproxy_auth.url_with("user", "pass")
+    client = make_client(origin.base_url, proxy=proxy, ssl=test_ca.client_context())
+    async with client, guard():
+        assert (await client.videos.retrieve("task_1")).id == "task_1"
+    assert len(origin.requests) == 1
+    assert await _proxy_logged(tinyproxy_auth, f"CONNECT 127.0.0.1:{origin.port} ")
+
+
+async def test_proxy_credentials_from_the_environment(
+    tinyproxy_auth: TinyProxy, raw_servers: RawServerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY=http://user:pass@...``: the credentials reach the proxy."""
+    origin = await raw_servers.start(the_task)
+    monkeypatch.setenv("HTTP_PROXY", tinyproxy_auth.url_with("user", "pass"))
+    async with make_client(origin.base_url) as client, guard():
+        assert (await client.videos.retrieve("task_1")).id == "task_1"
+    assert len(origin.requests) == 1 and _via_proxy(origin.requests[0])
+
+
+@pytest.mark.parametrize(
+    ("credentials", "scheme", "status"),
+    [("missing", "http", 407), ("missing", "https", 407), ("wrong", "https", 401)],
+)
+async def test_tinyproxy_refusal_is_a_connection_error(
+    tinyproxy_auth: TinyProxy,
+    raw_servers: RawServerPool,
+    test_ca: TestCA,
+    credentials: str,
+    scheme: str,
+    status: int,
+) -> None:
+    """tinyproxy refuses a request without credentials with 407, and (its own quirk;
+    RFC 9110 says 407) wrong ones with 401: an ``APIConnectionError`` naming the proxy
+    and that status, and nothing reaches the origin. (Wrong credentials on a plain
+    ``http://`` request are left out: tinyproxy's 401 is then indistinguishable from
+    the origin's.)"""
+    tls = test_ca.server_context() if scheme == "https" else None
+    origin = await raw_servers.start(the_task, ssl_context=tls)
+    proxy = tinyproxy_auth.url if credentials == "missing" else tinyproxy_auth.url_with("user", "x")
+    client = make_client(origin.base_url, proxy=proxy, ssl=test_ca.client_context())
+    async with client, guard():
+        with pytest.raises(APIConnectionError) as raised:
+            await client.videos.retrieve("task_1")
+    assert str(status) in str(raised.value) and "proxy" in str(raised.value).lower(), raised.value
+    assert origin.requests == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_wrong_proxy_credentials_are_a_407_connection_error(
+    raw_servers: RawServerPool, test_ca: TestCA, scheme: str
+) -> None:
+    """A proxy (a raw server) that answers wrong credentials with 407, as RFC 9110 says:
+    an ``APIConnectionError`` naming the proxy and 407. The credentials were sent, on
+    the plain request and on the ``CONNECT`` alike."""
+    refusal = http_reply(
+        b"",
+        status=407,
+        reason="Proxy Authentication Required",
+        headers=[("Proxy-Authenticate", 'Basic realm="compat"'), ("Connection", "close")],
+    )
+    proxy = await raw_servers.start(lambda request: refusal)
+    proxy_url = f"http://user:wrong@127.0.0.1:{proxy.port}"
+    client = make_client(
+        f"{scheme}://127.0.0.1:{free_port()}", proxy=proxy_url, ssl=test_ca.client_context()
+    )
+    async with client, guard():
+        with pytest.raises(APIConnectionError) as raised:
+            await client.videos.retrieve("task_1")
+    assert "407" in str(raised.value) and "proxy" in str(raised.value).lower(), raised.value
+    assert proxy.requests, "the proxy was asked"
+    expected = "Basic " + base64.b64encode(b"user:wrong").decode()
+    for request in proxy.requests:
+        assert request.method == ("CONNECT" if scheme == "https" else "GET"), request.line
+        assert request.values("proxy-authorization") == [expected], request.head
+
+
+async def test_no_proxy_with_a_cidr_entry(
+    raw_servers: RawServerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NO_PROXY=127.0.0.0/8`` covers 127.0.0.1: the (recording) proxy sees nothing."""
+    proxy = await raw_servers.start(the_task)
+    origin = await raw_servers.start(the_task)
+    monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+    async with make_client(origin.base_url) as client, guard():
+        assert (await client.videos.retrieve("task_1")).id == "task_1"
+    assert proxy.requests == [] and proxy.connections == 0
+    assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize("call", ["retrieve", "content"])
+async def test_proxy_silent_after_connect_times_out(raw_servers: RawServerPool, call: str) -> None:
+    """A proxy that accepts the connection, reads the ``CONNECT`` and never answers:
+    ``APITimeoutError`` from a poll and from a stream alike, not a hang."""
+
+    async def mute(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.wait_for_close()
+
+    proxy = await raw_servers.start(handler=mute)
+    client = Client(
+        KEY,
+        base_url=f"https://127.0.0.1:{free_port()}",
+        proxy=proxy.base_url,
+        timeouts=Timeouts(connect=0.5, read=0.5),
+        retry=RetryPolicy(attempts=1),
+    )
+    async with client:
+        with anyio.fail_after(10), pytest.raises(APITimeoutError):
+            if call == "retrieve":
+                await client.videos.retrieve("task_1")
+            else:
+                async with client.videos.content("task_1") as body:
+                    await body.read()
+    assert [r.method for r in proxy.requests] == ["CONNECT"]
+
+
+# -- bodies: encodings, malformed chunks, resumed streams ---------------------------------
+
+
+async def test_streams_ask_for_identity_and_api_calls_for_gzip(
+    raw_servers: RawServerPool, tmp_path: Path
+) -> None:
+    """Streams and downloads (of the API's content and of another URL) send
+    ``Accept-Encoding: identity``; API calls offer gzip."""
+    data = os.urandom(20_000)
+
+    def answer(request: RawRequest) -> bytes:
+        if request.path.endswith(("/content", ".mp4")):
+            return http_reply(data, headers=[VIDEO])
+        return the_task(request)
+
+    server = await raw_servers.start(answer)
+    async with make_client(server.base_url) as client, guard():
+        await client.videos.retrieve("task_1")
+        async with client.videos.content("task_1") as body:
+            assert await body.read() == data
+        await client.videos.download("task_1", tmp_path / "a.mp4")
+        await client.download(f"{server.base_url}/media/x.mp4", tmp_path / "b.mp4")
+    api, *streams = server.requests
+    assert api.path == "/v1/videos/task_1"
+    (offered,) = api.values("accept-encoding")
+    assert "gzip" in offered.lower(), api.head
+    assert [r.path for r in streams] == ["/v1/videos/task_1/content"] * 2 + ["/media/x.mp4"]
+    for request in streams:
+        assert request.values("accept-encoding") == ["identity"], request.head
+
+
+#: A chunked video answer whose second chunk size is not hex; the connection stays open.
+BAD_CHUNKED = (
+    http_reply(b"", headers=[VIDEO, ("Transfer-Encoding", "chunked")], content_length=False)
+    + b"5\r\nhello\r\nzz\r\n"
+)
+
+
+async def _bad_chunks(conn: RawConnection) -> None:
+    while await conn.read_request() is not None:
+        await conn.send(BAD_CHUNKED)
+        await conn.wait_for_close()
+
+
+async def test_malformed_chunk_in_content_is_an_aio88_error(raw_servers: RawServerPool) -> None:
+    """A bad chunk size mid-stream: an aio88 connection or timeout error within the read
+    timeout; never a hang, never a raw aiohttp exception."""
+    server = await raw_servers.start(handler=_bad_chunks)
+    timeouts = Timeouts(connect=1.0, read=0.5)
+    async with make_client(server.base_url, timeouts=timeouts) as client:
+        with anyio.fail_after(10), pytest.raises(Aio88Error) as raised:
+            async with client.videos.content("task_1") as body:
+                await body.read()
+    assert isinstance(raised.value, APIConnectionError | APITimeoutError), repr(raised.value)
+
+
+async def test_malformed_chunk_in_download_is_a_download_error(
+    raw_servers: RawServerPool, tmp_path: Path
+) -> None:
+    """The same answer to a download: ``DownloadError`` after the tries, nothing at
+    ``dest``."""
+    server = await raw_servers.start(handler=_bad_chunks)
+    timeouts = Timeouts(connect=1.0, read=0.5)
+    retry = RetryPolicy(attempts=2, backoff_initial=0.01)
+    dest = tmp_path / "v.mp4"
+    async with make_client(server.base_url, timeouts=timeouts, retry=retry) as client:
+        with anyio.fail_after(10), pytest.raises(DownloadError):
+            await client.videos.download("task_1", dest)
+    assert not dest.exists()
+    assert server.requests
+
+
+LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+def cut_then_resumed(
+    data: bytes, *, headers: Sequence[tuple[str, str]] = (), resumed: bytes | None = None
+) -> Handler:
+    """Serves ``data`` (with ``headers``): a request without ``Range`` gets the full
+    ``Content-Length`` but only the first half of the bytes, then the close; a ``Range``
+    request gets a 206 of ``resumed`` (``data`` unless told) from the offset asked."""
+
+    async def handle(conn: RawConnection) -> None:
+        while (request := await conn.read_request()) is not None:
+            ranged = request.values("range")
+            if not ranged:
+                head = http_reply(
+                    b"",
+                    headers=[VIDEO, ("Content-Length", str(len(data))), *headers],
+                    content_length=False,
+                )
+                await conn.send(head + data[: len(data) // 2])
+                return
+            start = int(ranged[0].removeprefix("bytes=").removesuffix("-"))
+            file = data if resumed is None else resumed
+            content_range = f"bytes {start}-{len(file) - 1}/{len(file)}"
+            await conn.send(
+                http_reply(
+                    file[start:],
+                    status=206,
+                    reason="Partial Content",
+                    headers=[VIDEO, ("Content-Range", content_range), *headers],
+                )
+            )
+
+    return handle
+
+
+async def test_resume_refuses_a_changed_file(raw_servers: RawServerPool) -> None:
+    """Cut after half; the Range answer's ``Content-Range`` total is not the first
+    answer's ``Content-Length``: the file changed, and the stream says so."""
+    data = os.urandom(100_000)
+    server = await raw_servers.start(
+        handler=cut_then_resumed(data, resumed=data + os.urandom(1000))
+    )
+    async with make_client(server.base_url) as client, guard():
+        with pytest.raises(APIConnectionError, match=r"(?i)chang"):
+            async with client.videos.content("task_1", resume=True) as body:
+                await body.read()
+    assert [r.values("range") for r in server.requests] == [[], ["bytes=50000-"]]
+
+
+async def test_resume_if_range_is_last_modified_not_a_weak_etag(
+    raw_servers: RawServerPool,
+) -> None:
+    """A weak ETag and a Last-Modified: the Range request's ``If-Range`` is the date (a
+    weak ETag may not go there), and the resumed stream is exact."""
+    data = os.urandom(100_000)
+    headers = [("ETag", 'W/"x"'), ("Last-Modified", LAST_MODIFIED)]
+    server = await raw_servers.start(handler=cut_then_resumed(data, headers=headers))
+    async with make_client(server.base_url) as client, guard():
+        async with client.videos.content("task_1", resume=True) as body:
+            received = await body.read()
+    first, ranged = server.requests
+    assert first.values("range") == [] and first.values("if-range") == [], first.head
+    assert ranged.values("range") == [f"bytes={len(data) // 2}-"], ranged.head
+    assert ranged.values("if-range") == [LAST_MODIFIED], ranged.head
+    assert received == data
+
+
+async def test_resumed_stream_keeps_the_full_content_length(raw_servers: RawServerPool) -> None:
+    """``content_length`` is the whole body's, before and after a resume."""
+    data = os.urandom(100_000)
+    server = await raw_servers.start(handler=cut_then_resumed(data))
+    async with make_client(server.base_url) as client, guard():
+        async with client.videos.content("task_1", resume=True) as body:
+            before = body.content_length
+            received = await body.read()
+            after = body.content_length
+    assert received == data
+    assert len(server.requests) == 2
+    assert (before, after) == (len(data), len(data))
+
+
+# -- cookies and the caller's session -----------------------------------------------------
+
+
+def cookies_of(request: RawRequest) -> set[str]:
+    """The cookies a request carried, as ``name=value`` strings."""
+    return {
+        cookie.strip()
+        for value in request.values("cookie")
+        for cookie in value.split(";")
+        if cookie.strip()
+    }
+
+
+async def test_creates_and_polls_share_cookies(raw_servers: RawServerPool) -> None:
+    """A cookie set by a create's answer goes with the next poll, and one set by a poll
+    with the next create (``localhost``: aiohttp keeps no cookies for IP hosts)."""
+
+    def answer(request: RawRequest) -> bytes:
+        if request.method == "POST":
+            body, cookie = task_json("task_new", status="queued"), "lb=abc; Path=/"
+        else:
+            body, cookie = task_json(task_id_of(request)), "zone=z1; Path=/"
+        return http_reply(body, headers=[JSON, ("Set-Cookie", cookie)])
+
+    server = await raw_servers.start(answer)
+    async with make_client(f"http://localhost:{server.port}") as client, guard():
+        await client.videos.create(prompt="a red fox")
+        await client.videos.retrieve("task_1")
+        await client.videos.create(prompt="a grey wolf")
+    assert [r.method for r in server.requests] == ["POST", "GET", "POST"]
+    assert [cookies_of(r) for r in server.requests] == [
+        set(),
+        {"lb=abc"},
+        {"lb=abc", "zone=z1"},
+    ]
+
+
+async def test_session_with_raise_for_status(raw_servers: RawServerPool) -> None:
+    """A caller's session made with ``raise_for_status=True``: a 404 is still a
+    ``NotFoundError`` (asked once), a 400 to a create a ``BadRequestError``."""
+
+    def answer(request: RawRequest) -> bytes:
+        if request.method == "POST":
+            body = b'{"error": {"message": "prompt is too long", "type": "invalid_request"}}'
+            return http_reply(body, status=400, reason="Bad Request")
+        return http_reply(
+            b'{"error": {"message": "no such video"}}', status=404, reason="Not Found"
+        )
+
+    server = await raw_servers.start(answer)
+    async with aiohttp.ClientSession(raise_for_status=True) as session:
+        async with make_client(server.base_url, session=session) as client, guard():
+            with pytest.raises(NotFoundError):
+                await client.videos.retrieve("task_1")
+            assert len(server.requests) == 1
+            with pytest.raises(BadRequestError):
+                await client.videos.create(prompt="a red fox")
+    assert [r.method for r in server.requests] == ["GET", "POST"]
