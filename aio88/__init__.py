@@ -9,9 +9,8 @@
         task = await client.generations.wait(task.id)
 """
 
-from __future__ import annotations
-
 from ._client import Client
+from ._clock import Clock
 from ._config import DEFAULT_RETRY, DEFAULT_TIMEOUTS, RetryPolicy, Timeouts
 from ._errors import (
     Aio88Error,
@@ -32,10 +31,22 @@ from ._errors import (
     UnprocessableEntityError,
     WaitTimeoutError,
 )
-from ._models import GenerationTask, Status, TaskError, Video, VideoMetadata
-from ._poll import Clock, Outcome, Poller, PollerStats, Schedule, Watch
-from ._resources import Generations, VideoContent, Videos
+from ._models import (
+    FileInput,
+    GenerationTask,
+    Kind,
+    Status,
+    Task,
+    TaskError,
+    Video,
+    VideoMetadata,
+)
+from ._poll import Outcome, Poller, PollerStats
+from ._resources import Generations, Videos
+from ._schedule import Schedule
+from ._stream import VideoContent
 from ._version import __version__
+from ._watch import Watch
 
 __all__ = [
     "APIConnectionError",
@@ -52,9 +63,11 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "DownloadError",
+    "FileInput",
     "GenerationTask",
     "Generations",
     "InternalServerError",
+    "Kind",
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
@@ -64,6 +77,7 @@ __all__ = [
     "RetryPolicy",
     "Schedule",
     "Status",
+    "Task",
     "TaskError",
     "TaskFailedError",
     "Timeouts",

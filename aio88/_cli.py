@@ -33,7 +33,8 @@ from ._errors import (
 )
 from ._ledger import Job, Ledger
 from ._models import GenerationTask, Status, Video
-from ._poll import Outcome, Schedule
+from ._poll import Outcome
+from ._schedule import Schedule
 from ._version import __version__
 
 __all__ = ["main"]

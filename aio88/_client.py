@@ -1,51 +1,50 @@
-"""The client: configuration, the session's lifecycle, and the resources."""
+"""The client: configuration, the session's lifecycle, and the assembly of the parts.
+
+:class:`Client` is the facade. It builds the :class:`~aio88._http.Transport` and hands it
+(or a callable that opens the client on first use) to the resources, the poller, the
+watch and the downloader; none of them knows the client.
+"""
 
 from __future__ import annotations
 
-import enum
-import math
+import functools
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 
 import aiohttp
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from yarl import URL
 
+from ._clock import Clock
 from ._config import (
     DEFAULT_BASE_URL,
+    DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POLL_CONCURRENCY,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
+    DEFAULT_WAIT_TIMEOUT,
+    DEFAULT_WATCH_DOWNLOADS,
     ENV_API_KEY,
     ENV_BASE_URL,
     RetryPolicy,
     Timeouts,
 )
-from ._download import DownloadQueue, download
+from ._download import Downloader, Source
 from ._errors import DownloadError
 from ._http import SSLSetting, Transport
-from ._models import GenerationTask, Video
-from ._poll import DEFAULT_WAIT_TIMEOUT, Clock, Kind, Outcome, Poller, Schedule, Task, Watch
+from ._models import Kind, Task
+from ._partfile import Progress
+from ._poll import Outcome, Poller
 from ._proxies import ProxySetting
 from ._resources import Generations, Videos
+from ._schedule import Schedule
+from ._watch import Watch, open_watch
 
 __all__ = ["Client"]
-
-
-def _outcome_stream() -> tuple[MemoryObjectSendStream[Outcome], MemoryObjectReceiveStream[Outcome]]:
-    # Unbounded: the poller must never block on a slow consumer (outcomes are small).
-    return anyio.create_memory_object_stream[Outcome](math.inf)
-
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 def _resolve_base_url(base_url: str | None) -> str:
@@ -121,7 +120,7 @@ class Client:
         ssl: SSLSetting = None,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         session: aiohttp.ClientSession | None = None,
-        download_concurrency: int = 8,
+        download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
         if not key.strip():
@@ -131,9 +130,6 @@ class Client:
             )
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        if download_concurrency < 1:
-            raise ValueError(f"download_concurrency must be at least 1, got {download_concurrency}")
-        self._download_concurrency = download_concurrency
         if headers and any(name.lower() == "authorization" for name in headers):
             raise ValueError("pass the key as api_key, not as an Authorization header")
         if session is not None and (ssl is not None or trace_configs):
@@ -141,7 +137,6 @@ class Client:
                 "ssl and trace_configs belong to your own session when you pass one: set "
                 "them on its connector and in ClientSession(trace_configs=...)"
             )
-        self._state = _State.UNOPENED
         self._transport = Transport(
             api_key=key.strip(),
             base_url=_resolve_base_url(base_url),
@@ -155,8 +150,9 @@ class Client:
             trace_configs=trace_configs,
             session=session,
         )
-        self.generations = Generations(self)
-        self.videos = Videos(self)
+        self._downloader = Downloader(self._transport, download_concurrency)
+        self.generations = Generations(self._transport)
+        self.videos = Videos(self._transport, self._downloader)
 
     @property
     def base_url(self) -> str:
@@ -166,10 +162,10 @@ class Client:
     @property
     def is_closed(self) -> bool:
         """Whether :meth:`aclose` was called."""
-        return self._state is _State.CLOSED
+        return self._transport.state == "closed"
 
     def __repr__(self) -> str:
-        return f"<aio88.Client base_url={self.base_url!r} state={self._state.value}>"
+        return f"<aio88.Client base_url={self.base_url!r} state={self._transport.state}>"
 
     async def __aenter__(self) -> Client:
         self.open()
@@ -189,32 +185,23 @@ class Client:
         Raises:
             RuntimeError: The client is already open, or was closed.
         """
-        if self._state is _State.CLOSED:
-            raise RuntimeError(
-                "this aio88.Client was closed and cannot be reopened; create a new Client"
-            )
-        if self._state is _State.OPEN:
+        if self._transport.state == "open":
             raise RuntimeError("this aio88.Client is already open; enter it only once")
         self._transport.open()
-        self._download_slots = anyio.Semaphore(self._download_concurrency)
-        self._state = _State.OPEN
 
     async def aclose(self) -> None:
         """Close the HTTP session (unless it was passed in). Calling it again does nothing."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
         await self._transport.aclose()
 
     async def download(
         self,
-        task_or_url: GenerationTask | Video | str,
+        task_or_url: Source,
         dest: str | os.PathLike[str],
         *,
         resume: bool = True,
         overwrite: bool = False,
         sha256: str | None = None,
-        on_progress: Callable[[int, int | None], object] | None = None,
+        on_progress: Progress | None = None,
         fsync: bool = False,
     ) -> Path:
         """Save a finished video to ``dest``, safely::
@@ -249,8 +236,7 @@ class Client:
             DownloadError: A message where a video was expected (the task is not finished,
                 or the link expired), a size or checksum mismatch, or a disk problem.
         """
-        return await download(
-            self,
+        return await self._downloader.download(
             task_or_url,
             dest,
             resume=resume,
@@ -263,7 +249,7 @@ class Client:
     def poller(
         self,
         *,
-        concurrency: int = 64,
+        concurrency: int = DEFAULT_POLL_CONCURRENCY,
         schedule: Schedule | None = None,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         on_update: Callable[[Task], object] | None = None,
@@ -283,17 +269,31 @@ class Client:
             on_update: Called with a task whenever its status or progress changes.
             clock: The time source; tests pass ``aio88.testing.ManualClock``.
         """
+        return self._make_poller(concurrency, schedule, timeout, on_update, clock)
+
+    def _make_poller(
+        self,
+        concurrency: int,
+        schedule: Schedule | None,
+        timeout: float | None,
+        on_update: Callable[[Task], object] | None,
+        clock: Clock | None,
+        *,
+        on_outcome: Callable[[Outcome], object] | None = None,
+        on_fatal: Callable[[], object] | None = None,
+    ) -> Poller:
         return Poller(
-            self,
+            self._transport,
             concurrency=concurrency,
             schedule=schedule,
             timeout=timeout,
             on_update=on_update,
             clock=clock,
+            on_outcome=on_outcome,
+            on_fatal=on_fatal,
         )
 
-    @asynccontextmanager
-    async def watch(
+    def watch(
         self,
         ids: Iterable[str | Task],
         *,
@@ -301,12 +301,12 @@ class Client:
         schedule: Schedule | None = None,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         batch_timeout: float | None = None,
-        concurrency: int = 64,
+        concurrency: int = DEFAULT_POLL_CONCURRENCY,
         download_dir: str | os.PathLike[str] | None = None,
-        download_concurrency: int = 4,
+        download_workers: int = DEFAULT_WATCH_DOWNLOADS,
         on_update: Callable[[Task], object] | None = None,
         clock: Clock | None = None,
-    ) -> AsyncIterator[Watch]:
+    ) -> AbstractAsyncContextManager[Watch]:
         """Poll many tasks at once and yield each one's :class:`Outcome` as it finishes::
 
             async with client.watch(ids, kind="video", concurrency=64) as outcomes:
@@ -327,17 +327,11 @@ class Client:
             download_dir: Save each succeeded video to ``<download_dir>/<id>.<format or
                 mp4>`` (soonest-expiring first) before yielding its outcome, with the path
                 on ``outcome.path``; a failed download is that outcome's ``error``.
-            download_concurrency: Most of this watch's downloads at once.
+            download_workers: How many of this watch's downloads run at once (within the
+                client's ``download_concurrency``).
             on_update: Called with a task whenever its status or progress changes.
             clock: The time source; tests pass ``aio88.testing.ManualClock``.
         """
-        poller = self.poller(
-            concurrency=concurrency,
-            schedule=schedule,
-            timeout=timeout,
-            on_update=on_update,
-            clock=clock,
-        )
         directory = None
         if download_dir is not None:
             directory = Path(download_dir)
@@ -347,37 +341,23 @@ class Client:
                 raise DownloadError(
                     f"cannot use {directory} as download_dir: {exc.strerror or exc}", path=directory
                 ) from exc
-        send, receive = _outcome_stream()
-        async with poller, send, receive:
-            poller._sink = send
-            if directory is not None:
-                queue = DownloadQueue(self, directory, send, download_concurrency)
-                poller._route = queue.route
-                assert poller._tg is not None
-                poller._tg.start_soon(queue.run)
-            now = poller._clock.now()
-            deadline = math.inf if batch_timeout is None else now + batch_timeout
-            outcomes = Watch(poller, receive, send, kind, timeout, deadline)
-            outcomes.add(ids)
-            yield outcomes
-
-    def _transport_for_use(self) -> Transport:
-        """The transport, opening the client on first use; refuses a closed client."""
-        state = self._state
-        if state is _State.OPEN:
-            return self._transport
-        if state is _State.CLOSED:
-            raise RuntimeError(
-                "this aio88.Client is closed; create a new Client (use `async with Client()`)"
-            )
-        self.open()
-        return self._transport
+        return open_watch(
+            functools.partial(self._make_poller, concurrency, schedule, timeout, on_update, clock),
+            ids,
+            kind=kind,
+            timeout=timeout,
+            batch_timeout=batch_timeout,
+            download_dir=directory,
+            download=self._downloader.download,
+            download_workers=download_workers,
+        )
 
     def __del__(self, _warn: object = warnings.warn) -> None:
         # A client dropped while open must not leak sockets: close them synchronously and
         # say so once, in aio88's words rather than aiohttp's.
-        if getattr(self, "_state", None) is _State.OPEN and self._transport.session is not None:
-            if self._transport.owns_session and not self._transport.session.closed:
+        transport = getattr(self, "_transport", None)
+        if transport is not None and transport.state == "open" and transport.session is not None:
+            if transport.owns_session and not transport.session.closed:
                 warnings.warn(
                     "an aio88.Client was never closed; use `async with Client() as client:` "
                     "or `await client.aclose()`",
@@ -385,4 +365,4 @@ class Client:
                     source=self,
                     stacklevel=2,
                 )
-            self._transport.abandon()
+            transport.abandon()

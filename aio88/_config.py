@@ -16,13 +16,19 @@ from dataclasses import dataclass
 __all__ = [
     "CREATE_KEEPALIVE",
     "DEFAULT_BASE_URL",
+    "DEFAULT_DOWNLOAD_CONCURRENCY",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_POLL_CONCURRENCY",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
+    "DEFAULT_WAIT_TIMEOUT",
+    "DEFAULT_WATCH_DOWNLOADS",
+    "DOWNLOAD_BLOCK_SIZE",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ERROR_BODY_LIMIT",
     "MAX_REDIRECTS",
+    "POLL_FAIRNESS_STREAK",
     "POOL_KEEPALIVE",
     "RetryPolicy",
     "Timeouts",
@@ -46,6 +52,22 @@ CREATE_KEEPALIVE = 1.0
 ERROR_BODY_LIMIT = 64 * 1024
 #: How many redirects a request follows.
 MAX_REDIRECTS = 10
+#: How long ``wait()`` waits for a task unless told otherwise: 30 minutes.
+DEFAULT_WAIT_TIMEOUT = 30 * 60.0
+#: Most poll requests a poller (or a watch) has in flight unless told otherwise.
+DEFAULT_POLL_CONCURRENCY = 64
+#: Polls a poller's worker makes in a row before it yields to the event loop regardless
+#: (a fetch that never waits must not hold the loop).
+POLL_FAIRNESS_STREAK = 32
+#: Most downloads streaming at once across one client unless told otherwise.
+DEFAULT_DOWNLOAD_CONCURRENCY = 8
+#: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise
+#: (within the client's ``download_concurrency``).
+DEFAULT_WATCH_DOWNLOADS = 4
+#: The size of a download's blocks: the unit handed to the writer thread, and of memory
+#: use (aiohttp may hold two, the writer two more). Fastest here among 256 KiB-4 MiB
+#: (``docs/benchmarks.md``).
+DOWNLOAD_BLOCK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

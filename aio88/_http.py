@@ -17,7 +17,7 @@ import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import aiohttp
 import anyio
@@ -315,6 +315,7 @@ class Transport:
         self.rate = AdaptiveRate(rate_limit, now=clock())
         self.session: aiohttp.ClientSession | None = None
         self._create_session: aiohttp.ClientSession | None = None
+        self._closed = False
         self.owns_session = session is None
         self._given_session = session
         # With the caller's session and no proxy= of ours, its own trust_env decides.
@@ -361,8 +362,26 @@ class Transport:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def state(self) -> Literal["unopened", "open", "closed"]:
+        """Where the transport is in its life: it opens once, on first use at the latest."""
+        if self._closed:
+            return "closed"
+        return "unopened" if self.session is None else "open"
+
     def open(self) -> None:
-        """Create the sessions (or adopt the caller's). Needs a running event loop."""
+        """Create the sessions (or adopt the caller's). Needs a running event loop.
+
+        Raises:
+            RuntimeError: It was closed (a closed client cannot be reopened).
+        """
+        if self._closed:
+            raise RuntimeError(
+                "this aio88.Client is closed and cannot be reopened; create a new Client "
+                "(use `async with Client() as client:`)"
+            )
+        if self.session is not None:
+            return
         if self._given_session is not None:
             self.session = self._create_session = self._given_session
         else:
@@ -401,7 +420,8 @@ class Transport:
         )
 
     async def aclose(self) -> None:
-        """Close the sessions if this transport created them."""
+        """Close the sessions if this transport created them. Calling it again does nothing."""
+        self._closed = True
         sessions = self._owned_sessions()
         self.session = self._create_session = None
         for session in sessions:
@@ -409,6 +429,7 @@ class Transport:
 
     def abandon(self) -> None:
         """Release sockets without awaiting: the last resort of ``Client.__del__``."""
+        self._closed = True
         sessions = self._owned_sessions()
         self.session = self._create_session = None
         for session in sessions:
@@ -417,7 +438,8 @@ class Transport:
             connector = session.connector
             session.detach()  # marks it closed, so aiohttp does not warn a second time
             if connector is not None:
-                connector._close()  # synchronous socket close; nothing left to await on
+                # aiohttp has no public synchronous close, and there is no loop to await on.
+                connector._close()  # noqa: SLF001
 
     def _owned_sessions(self) -> list[aiohttp.ClientSession]:
         if not self.owns_session:
@@ -589,9 +611,10 @@ class Transport:
                 await anyio.sleep(delay)
 
     def _session_for(self, method: str, idempotent: bool) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.open()  # on first use; refuses a closed transport
         session = self.session if idempotent or method != "POST" else self._create_session
-        if session is None:
-            raise RuntimeError("aio88.Client is closed; open a new Client to send requests")
+        assert session is not None
         return session
 
     def _delay_after_failure(

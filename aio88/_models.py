@@ -19,19 +19,25 @@ This module is a leaf: it imports nothing from aio88.
 from __future__ import annotations
 
 import enum
+import os
 import re
-from typing import Any
+import sys
+from typing import IO, Any, Literal, TypeAlias, Union
 
 import msgspec
 
 __all__ = [
+    "FileInput",
     "GenerationTask",
+    "Kind",
     "ResponseShapeError",
     "Status",
+    "Task",
     "TaskError",
     "Video",
     "VideoMetadata",
     "check_id",
+    "compact",
     "decode_generation",
     "decode_video",
     "normalize_status",
@@ -300,13 +306,14 @@ _ENVELOPE_MIN = len(b"null") + 1  # a null payload is no envelope to unwrap
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    # The private fields read here are this module's own struct's.
     task = decoder.decode(body)
-    if task._status is None and len(task._data) >= _ENVELOPE_MIN:
-        task = decoder.decode(task._data)  # {"code": "success", "data": {...}}
-        if task._data:
+    if task._status is None and len(task._data) >= _ENVELOPE_MIN:  # noqa: SLF001
+        task = decoder.decode(task._data)  # noqa: SLF001 - {"code": "success", "data": {...}}
+        if task._data:  # noqa: SLF001
             # The vendor payload is a view of the whole body: copy it out so a task kept
             # for long (a poller holds thousands) does not keep the response alive.
-            task._data = task._data.copy()
+            task._data = task._data.copy()  # noqa: SLF001
     if not task.id:
         raise ResponseShapeError("the response has no task id (neither `task_id` nor `id`)")
     return task
@@ -331,4 +338,28 @@ def decode_video(body: bytes) -> Video:
         ResponseShapeError: The JSON is not a task.
     """
     task: Video = _decode(_video_decoder, body)
+    return task
+
+
+#: Which API family a task belongs to: ``/v1/video/generations`` or ``/v1/videos``.
+Kind: TypeAlias = Literal["generation", "video"]
+#: A task of either family.
+Task: TypeAlias = Union[GenerationTask, Video]  # noqa: UP007 - a runtime alias users import
+#: A reference image for ``videos.create``: a path, the bytes, or an open binary file.
+FileInput: TypeAlias = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+
+_INTERNED_FIELDS = ("_status", "model", "object", "size", "seconds", "format", "platform", "action")
+
+
+def compact(task: Task) -> Task:
+    """Shrink a task that is kept for long (a poller holds thousands): one id string
+    instead of two, and the strings that repeat across thousands of tasks (status, model,
+    size) shared."""
+    if task._id == task.task_id:  # noqa: SLF001 - this module's own struct
+        task._id = task.task_id  # noqa: SLF001
+    intern = sys.intern
+    for name in _INTERNED_FIELDS:
+        value = getattr(task, name, None)
+        if type(value) is str:
+            setattr(task, name, intern(value))
     return task

@@ -6,38 +6,35 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar, Union, cast
+from typing import Any, Generic, TypeVar, cast
 
 import aiohttp
 import anyio
 import msgspec
 
-from ._config import RetryPolicy
-from ._errors import APIConnectionError, APIResponseValidationError, DownloadError, wrong_task_error
-from ._http import TRANSPORT_ERRORS, read_limited, translate
+from ._config import DEFAULT_WAIT_TIMEOUT
+from ._download import Downloader
+from ._errors import DownloadError, wrong_task_error
+from ._fetch import decode_answer
+from ._http import Transport, read_limited
 from ._models import (
+    FileInput,
     GenerationTask,
-    ResponseShapeError,
+    Kind,
     Video,
     check_id,
     decode_generation,
     decode_video,
 )
-from ._poll import DEFAULT_WAIT_TIMEOUT, Kind, Poller, Schedule
-from ._retry import backoff_delay, parse_retry_after
+from ._partfile import Progress
+from ._poll import Poller
+from ._schedule import Schedule
+from ._stream import VideoContent
 
-if TYPE_CHECKING:
-    from ._client import Client
-    from ._http import Response, Transport
-
-__all__ = ["Generations", "VideoContent", "Videos", "poll_hint"]
-
-#: A reference image for ``videos.create``: a path, the bytes, or an open binary file.
-FileInput = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+__all__ = ["Generations", "Videos"]
 
 _json_encode = msgspec.json.encode
 TaskT = TypeVar("TaskT", GenerationTask, Video)
@@ -54,33 +51,6 @@ def _check_text(value: object, name: str) -> str:
     return value
 
 
-def poll_hint(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server suggests before the next poll (``openai-poll-after-ms``, or
-    ``Retry-After`` on a successful response), or ``None``."""
-    raw = headers.get("openai-poll-after-ms")
-    if raw is not None:
-        try:
-            return max(0.0, float(raw) / 1000.0)
-        except ValueError:
-            pass
-    if "Retry-After" in headers:
-        return parse_retry_after(headers, time.time())
-    return None
-
-
-def _decode(decode: Callable[[bytes], TaskT], resp: Response) -> TaskT:
-    try:
-        return decode(resp.body)
-    except (msgspec.DecodeError, ResponseShapeError) as exc:
-        excerpt = resp.body[:200].decode("utf-8", "replace")
-        raise APIResponseValidationError(
-            f"HTTP {resp.status} with a body that is not a task ({exc}): {excerpt!r}",
-            status_code=resp.status,
-            request_id=resp.request_id,
-            body_excerpt=excerpt,
-        ) from exc
-
-
 def _payload(fields: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
     body = {key: value for key, value in fields.items() if value is not None}
     if extra_body:
@@ -89,17 +59,18 @@ def _payload(fields: Mapping[str, Any], extra_body: Mapping[str, Any] | None) ->
 
 
 class _Resource(Generic[TaskT]):
-    """What both task families share: retrieve, wait, and the path they live under."""
+    """What both task families share: retrieve, wait, and the path they live under.
+
+    Args:
+        transport: What sends its requests (the client's); it opens on first use.
+    """
 
     _path: str
     _kind: Kind
     _decode: Callable[[bytes], TaskT]
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def _http(self) -> Transport:
-        return self._client._transport_for_use()
+    def __init__(self, transport: Transport) -> None:
+        self._http = transport
 
     async def retrieve(self, task_id: str | TaskT) -> TaskT:
         """Fetch the task's current state.
@@ -108,19 +79,15 @@ class _Resource(Generic[TaskT]):
             NotFoundError: No such task for this key (88API answers 400 ``task_not_exist``).
         """
         asked = check_id(task_id)
-        task, _ = await self._fetch(asked)
+        resp = await self._http.request("GET", f"{self._path}/{asked}")
+        task = decode_answer(self._decode, resp)
         if not task.answers_for(asked):
             raise wrong_task_error(asked, task.id)
         return task
 
-    async def _fetch(self, task_id: str) -> tuple[TaskT, float | None]:
-        """Fetch a task and the server's poll-after hint; ``task_id`` is already checked."""
-        resp = await self._http().request("GET", f"{self._path}/{task_id}")
-        return _decode(type(self)._decode, resp), poll_hint(resp.headers)
-
     async def _create(self, body: dict[str, Any]) -> TaskT:
-        resp = await self._http().request("POST", self._path, json=_json_encode(body))
-        return _decode(type(self)._decode, resp)
+        resp = await self._http.request("POST", self._path, json=_json_encode(body))
+        return decode_answer(self._decode, resp)
 
     async def wait(
         self,
@@ -146,7 +113,7 @@ class _Resource(Generic[TaskT]):
         # The poller calls on_update only with tasks of this resource's kind.
         update = cast("Callable[[GenerationTask | Video], object] | None", on_update)
         poller = Poller(
-            self._client, concurrency=1, schedule=schedule, timeout=timeout, on_update=update
+            self._http, concurrency=1, schedule=schedule, timeout=timeout, on_update=update
         )
         async with poller:
             task = await poller.wait(task_id, kind=self._kind, timeout=timeout)
@@ -218,124 +185,6 @@ class Generations(_Resource[GenerationTask]):
         return await self._create(body)
 
 
-class VideoContent:
-    """A finished video's bytes as they arrive: ``async for chunk in content``.
-
-    A broken or stalled connection raises :class:`APIConnectionError` (or
-    :class:`APITimeoutError`) saying how many bytes had arrived, or, when the stream was
-    opened with ``resume=True``, is continued from there with a ``Range`` request: the
-    chunks go on as if nothing happened.
-
-    Attributes:
-        status: The HTTP status (200, or 206 for a range).
-        headers: The response headers.
-        received: Bytes of the body handed out so far.
-    """
-
-    #: The chunk size of ``async for``.
-    CHUNK_SIZE = 1024 * 1024
-
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        *,
-        reopen: Callable[[int, str | None], Awaitable[aiohttp.ClientResponse]] | None,
-        policy: RetryPolicy,
-        read_timeout: float | None,
-    ) -> None:
-        self._response = response
-        self._reopen = reopen
-        self._policy = policy
-        self._read_timeout = read_timeout
-        self._what = f"GET {response.url.path}"
-        self.status = response.status
-        self.headers = response.headers
-        self.received = 0
-        self._length = response.content_length if response.status != 206 else None
-        # If-Range takes a strong ETag only (a weak one always gets the whole file back).
-        etag = response.headers.get("ETag")
-        strong = etag if etag and not etag.startswith("W/") else None
-        self._validator = strong or response.headers.get("Last-Modified")
-
-    @property
-    def content_type(self) -> str:
-        """The media type, e.g. ``"video/mp4"``."""
-        return self._response.content_type
-
-    @property
-    def content_length(self) -> int | None:
-        """The body's length in bytes, when the server said."""
-        return self._length
-
-    async def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """Iterate over the body in chunks of at most ``size`` bytes.
-
-        Raises:
-            APIConnectionError: The connection broke or stalled (and was not resumed).
-        """
-        failures = 0
-        while True:
-            try:
-                # aiohttp's own read timer covers a silent server; this one also covers a
-                # body its parser gave up on without a word (a malformed chunk).
-                with anyio.fail_after(self._read_timeout):
-                    chunk = await self._response.content.read(size)
-            except TRANSPORT_ERRORS as exc:
-                failures += 1
-                await self._resume(exc, failures)
-                continue
-            if not chunk:
-                return
-            failures = 0
-            self.received += len(chunk)
-            yield chunk
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.iter_chunks()
-
-    async def read(self) -> bytes:
-        """Read the whole body into memory (small files only; prefer ``download``)."""
-        return b"".join([chunk async for chunk in self.iter_chunks()])
-
-    def release(self) -> None:
-        """Give the connection back (``async with`` does it for you)."""
-        self._response.release()
-
-    async def _resume(self, exc: BaseException, failures: int) -> None:
-        """Continue the body from ``received`` on a new response, or raise why not."""
-        error = translate(exc, self._what)
-        cut = type(error)  # a stall stays an APITimeoutError
-        got = f"after {self.received:,} bytes"
-        if self._reopen is None:
-            raise cut(
-                f"{error.message}: the stream was cut {got}; open it with resume=True to "
-                "continue it, or save the file with download(), which resumes by itself"
-            ) from exc
-        if failures >= self._policy.attempts:
-            raise cut(
-                f"{error.message}: the stream was cut {got} and could not be resumed "
-                f"({failures} tries)"
-            ) from exc
-        self._response.close()
-        await anyio.sleep(backoff_delay(failures - 1, self._policy))
-        response = await self._reopen(self.received, self._validator)
-        start, _, total = (response.headers.get("Content-Range") or "").partition("/")
-        why = None
-        if response.status != 206 or start.removeprefix("bytes ").split("-")[0] != str(
-            self.received
-        ):
-            why = f"it answered HTTP {response.status} to a Range request"
-        elif self._length is not None and total != str(self._length):
-            why = f"the file changed on the server ({total} bytes instead of {self._length})"
-        if why is not None:
-            response.release()
-            raise APIConnectionError(
-                f"{self._what}: the stream was cut {got}, and the server cannot continue it "
-                f"({why}); start again, or use download(), which restarts cleanly"
-            ) from exc
-        self._response = response
-
-
 def _read_reference(value: FileInput) -> tuple[str, bytes]:
     """Load a reference image (name, bytes). Runs in a worker thread: it may hit the disk."""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -383,6 +232,10 @@ class Videos(_Resource[Video]):
     _path = "/v1/videos"
     _kind = "video"
     _decode = staticmethod(decode_video)
+
+    def __init__(self, transport: Transport, downloader: Downloader) -> None:
+        super().__init__(transport)
+        self._downloader = downloader
 
     async def create(
         self,
@@ -433,8 +286,8 @@ class Videos(_Resource[Video]):
             body.add_field("input_reference", data, filename=name, content_type=content_type)
             return body
 
-        resp = await self._http().request("POST", self._path, form=form)
-        return _decode(decode_video, resp)
+        resp = await self._http.request("POST", self._path, form=form)
+        return decode_answer(decode_video, resp)
 
     async def remix(
         self,
@@ -450,8 +303,8 @@ class Videos(_Resource[Video]):
         """
         body = _payload({"prompt": _check_text(prompt, "prompt"), "model": model}, extra_body)
         path = f"{self._path}/{check_id(video_id, 'video_id')}/remix"
-        resp = await self._http().request("POST", path, json=_json_encode(body))
-        return _decode(decode_video, resp)
+        resp = await self._http.request("POST", path, json=_json_encode(body))
+        return decode_answer(decode_video, resp)
 
     async def download(
         self,
@@ -462,7 +315,7 @@ class Videos(_Resource[Video]):
         resume: bool = True,
         overwrite: bool = False,
         sha256: str | None = None,
-        on_progress: Callable[[int, int | None], object] | None = None,
+        on_progress: Progress | None = None,
         fsync: bool = False,
     ) -> Path:
         """Save a finished video's content to ``dest``, from ``/v1/videos/{id}/content``.
@@ -480,10 +333,7 @@ class Videos(_Resource[Video]):
             on_progress: Called with ``(bytes_done, bytes_total or None)`` per chunk.
             fsync: Flush the file and its folder to disk before returning.
         """
-        from ._download import download
-
-        return await download(
-            self._client,
+        return await self._downloader.download(
             check_id(video_id, "video_id"),
             dest,
             variant=variant,
@@ -518,7 +368,7 @@ class Videos(_Resource[Video]):
             DownloadError: The server answered with a message instead of a video.
             APIConnectionError: The stream broke (while iterating) and was not resumed.
         """
-        transport = self._http()
+        transport = self._http
         url = transport.api_url(f"{self._path}/{check_id(video_id, 'video_id')}/content")
         params = {"variant": variant} if variant else None
 

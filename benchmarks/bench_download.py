@@ -47,7 +47,6 @@ async def _aio88(
     import aiohttp
 
     from aio88 import Client
-    from aio88._download import download
 
     lags: list[float] = []
     stop = asyncio.Event()
@@ -63,7 +62,8 @@ async def _aio88(
     try:
         async with Client("sk-bench", base_url=base_url, session=session) as client:
             tick = asyncio.create_task(ticker())
-            await download(client, name, dest, chunk_size=chunk)
+            client._downloader.block_size = chunk  # the sweep's knob; not a user setting
+            await client.download(name, dest)
             stop.set()
             await tick
     finally:
@@ -86,7 +86,7 @@ async def _openai(base_url: str, name: str, dest: Path, backend: str) -> dict[st
 def _import_client(client: str) -> None:
     """Import the client's libraries up front, so that the timing is the work alone."""
     if client.startswith("aio88"):
-        import aio88._download  # noqa: F401
+        import aio88  # noqa: F401
     elif client.startswith("openai"):
         import openai  # noqa: F401
         from openai import DefaultAioHttpClient  # noqa: F401

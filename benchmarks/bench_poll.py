@@ -82,7 +82,7 @@ async def _plain(base_url: str, n: int, c: int) -> int:
 def _import_client(client: str) -> None:
     """Import the client's libraries up front, so that the timing is the work alone."""
     if client == "aio88":
-        import aio88._download  # noqa: F401
+        import aio88  # noqa: F401
     elif client.startswith("openai"):
         import openai  # noqa: F401
         from openai import DefaultAioHttpClient  # noqa: F401

@@ -3,7 +3,7 @@
 A discrete-event simulation on a manual clock. Each task follows the emulator's own
 lifecycle code (``aio88.testing.EmulatedTask``): queued for 5-30 % of its duration, then
 in progress until it ends; durations are log-uniform from 30 s to 10 min. Each policy
-decides every delay through ``aio88._poll.plan_delay``, the function the Poller runs.
+decides every delay through ``aio88._schedule.plan_delay``, the function the Poller runs.
 
 Progress models (what the server reports while a task runs):
 
@@ -28,12 +28,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aio88 import Schedule, Status
-from aio88._poll import _Tracked, plan_delay
+from aio88._schedule import plan_delay
 from aio88.testing import EmulatedTask
 
 MIN_DURATION, MAX_DURATION = 30.0, 600.0
 
 Observe = Callable[[float], tuple[Status, int | None]]
+
+
+@dataclass
+class _State:
+    """A simulated task's polling state, as :func:`plan_delay` reads and updates it."""
+
+    started: float = 0.0
+    polls: int = 0
+    anchor_t: float = 0.0
+    anchor_p: int = -1
 
 
 @dataclass
@@ -100,7 +110,7 @@ def simulate(schedule: Schedule, tasks: list[EmulatedTask], model: str, seed: in
         observe = observer(task, model, rng)
         finish = task.finished_at()
         assert finish is not None
-        state = _Tracked(task.id, "video", 0.0, math.inf)
+        state = _State()
         t = schedule.first
         while True:
             requests += 1

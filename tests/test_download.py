@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from aio88 import Client, DownloadError, NotFoundError, Schedule, Status
-from aio88._download import _disk_error, file_name_for
+from aio88._download import file_name_for
+from aio88._partfile import PartFile
 from aio88.testing import Emulator
 from aio88.testing.pytest_plugin import FAST_RETRY
 
@@ -291,11 +292,11 @@ def test_disk_errors_say_what_to_do(tmp_path: Path) -> None:
     (As root, permission cannot be provoked for real; the mapping is tested directly.)"""
     part = tmp_path / "v.mp4.part"
     part.write_bytes(b"x")
-    full = _disk_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "v.mp4", part)
+    full = PartFile(tmp_path / "v.mp4").disk_error(OSError(errno.ENOSPC, "No space left on device"))
     assert "no space left" in str(full) and ".part" in str(full)
-    denied = _disk_error(PermissionError(errno.EACCES, "denied"), tmp_path / "v.mp4", part)
+    denied = PartFile(tmp_path / "v.mp4").disk_error(PermissionError(errno.EACCES, "denied"))
     assert "no permission" in str(denied)
-    other = _disk_error(OSError(errno.EIO, "I/O error"), tmp_path / "v.mp4", part)
+    other = PartFile(tmp_path / "v.mp4").disk_error(OSError(errno.EIO, "I/O error"))
     assert "I/O error" in str(other)
 
 
@@ -343,7 +344,7 @@ async def test_watch_downloads_soonest_expiry_first(
         aio88_emulator.tasks[task_id].created = -100.0 * n
     async with Client("sk-test", base_url=aio88_emulator.base_url) as client:
         async with client.watch(
-            ids, schedule=FAST, download_dir=tmp_path, download_concurrency=1
+            ids, schedule=FAST, download_dir=tmp_path, download_workers=1
         ) as outcomes:
             results = [o async for o in outcomes]
     assert all(o.ok for o in results)
@@ -496,19 +497,18 @@ def test_more_disk_errors(tmp_path: Path) -> None:
     """A directory where the file goes, and a missing folder, are named as such."""
     part = tmp_path / "x.part"
     assert "is a directory" in str(
-        _disk_error(IsADirectoryError(errno.EISDIR, "x"), tmp_path, part)
+        PartFile(tmp_path).disk_error(IsADirectoryError(errno.EISDIR, "x"))
     )
     assert "does not exist" in str(
-        _disk_error(FileNotFoundError(errno.ENOENT, "x"), tmp_path, part)
+        PartFile(tmp_path).disk_error(FileNotFoundError(errno.ENOENT, "x"))
     )
 
 
-def test_download_queue_needs_a_slot(aio88_client: Client, tmp_path: Path) -> None:
-    """A watch's download concurrency must be at least 1."""
-    from aio88._download import DownloadQueue
-
-    with pytest.raises(ValueError, match="at least 1"):
-        DownloadQueue(aio88_client, tmp_path, None, 0)  # type: ignore[arg-type]
+async def test_download_workers_must_be_positive(aio88_client: Client, tmp_path: Path) -> None:
+    """A watch's number of download workers must be at least 1."""
+    with pytest.raises(ValueError, match="download_workers must be at least 1"):
+        async with aio88_client.watch([], download_dir=tmp_path, download_workers=0):
+            pass  # pragma: no cover
 
 
 @pytest.mark.aio88_emulator(duration=None, content_size=4 * 2**20)

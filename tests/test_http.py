@@ -12,9 +12,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aio88 import APIConnectionError, APITimeoutError, Client, NotFoundError
+from aio88._fetch import poll_hint
 from aio88._http import translate
 from aio88._proxies import Proxies
-from aio88._resources import _sniff_image_type, poll_hint
+from aio88._resources import _sniff_image_type
 from aio88.testing import Emulator
 from aio88.testing.pytest_plugin import FAST_RETRY
 

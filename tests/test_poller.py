@@ -21,7 +21,7 @@ from aio88 import (
     TaskFailedError,
     WaitTimeoutError,
 )
-from aio88._poll import estimate_eta
+from aio88._schedule import estimate_eta
 from aio88.testing import Emulator, Faults, ManualClock
 from aio88.testing.pytest_plugin import FAST_RETRY
 

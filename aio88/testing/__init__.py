@@ -14,8 +14,27 @@ plugin registers itself when aio88 is installed). Start one by hand with
 ``python -m aio88.testing --port 8088 --dialect newapi``.
 """
 
-from __future__ import annotations
+from ._clock import ManualClock
+from ._emulator import Emulator
+from ._faults import FaultKind, Faults
+from ._lifecycle import EmulatedTask
+from ._requests import LoggedRequest
+from ._wire import Dialect
 
-from ._emulator import EmulatedTask, Emulator, Faults, LoggedRequest, ManualClock
+__all__ = [
+    "Dialect",
+    "EmulatedTask",
+    "Emulator",
+    "FaultKind",
+    "Faults",
+    "LoggedRequest",
+    "ManualClock",
+]
 
-__all__ = ["EmulatedTask", "Emulator", "Faults", "LoggedRequest", "ManualClock"]
+# Present every public name as aio88.testing.X (in reprs, tracebacks and docs), not
+# aio88.testing._module.X.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("aio88.testing._"):
+        _obj.__module__ = "aio88.testing"
+del _name, _obj

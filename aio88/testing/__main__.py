@@ -8,7 +8,8 @@ import contextlib
 import signal
 import sys
 
-from ._emulator import Emulator, Faults
+from ._emulator import Emulator
+from ._faults import Faults
 
 
 def build_parser() -> argparse.ArgumentParser:

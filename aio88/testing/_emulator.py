@@ -1,197 +1,31 @@
-"""A real 88API server on loopback, for tests, demos and benchmarks.
+"""The emulator's server: two origins on loopback, their routes and middleware, the
+request log, and the controls a test drives it with.
 
-The emulator speaks the video API in either dialect:
-
-- ``"docs"``: as docs.88api.ai documents it: flat objects, ``succeeded``, ``processing``,
-  HTTP 201 on create, 404 for an unknown task, error shapes A and B, ``x-request-id``.
-- ``"newapi"``: as 88API's server code behaves: the ``{"code":"success","data":{...}}``
-  envelope with upper-case statuses on ``/v1/video/generations``, ``completed`` on
-  ``/v1/videos``, HTTP 200 on create, 400 ``task_not_exist``, error shapes C and D, an empty
-  body on 429, a 307 redirect of ``/content`` to a second origin that refuses any
-  ``Authorization`` header, and ``X-Oneapi-Request-Id``.
-
-It builds every response from plain dicts and imports nothing from the client, so a wrong
-field name in the client cannot agree with itself.
+Each dialect's bodies come from :mod:`._wire` (whose docstring tells the two apart), the
+tasks from :mod:`._lifecycle`, the faults from :mod:`._faults` and the video from
+:mod:`._content`; none of them imports the client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
-import hashlib
 import itertools
-import json
-import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-__all__ = ["Emulator", "EmulatedTask", "Faults", "LoggedRequest", "ManualClock"]
+from . import _wire as wire
+from ._content import ConnectionCut, Content, drop, etag_for, send_content, send_truncated
+from ._faults import FaultKind, FaultPicker, Faults, ScriptedFault
+from ._lifecycle import EmulatedTask, Kind, TaskMaker
+from ._requests import CreateRequest, LoggedRequest, authorized, log_entry, read_create
+from ._wire import Answer, Dialect, Moment
 
-Dialect = Literal["docs", "newapi"]
-Kind = Literal["generation", "video"]
-#: How long a truncated video body pauses before its connection is dropped.
-TRUNCATE_PAUSE = 0.05
-
-FaultKind = Literal["429", "500", "drop", "truncate", "garbage"]
-
-#: Bytes per write when serving content: large enough to keep loopback fast.
-_WRITE_CHUNK = 1024 * 1024
-#: Length of the block that deterministic content repeats.
-_PATTERN_BLOCK = 64 * 1024
-
-
-class ManualClock:
-    """A clock that moves only when told to, so schedules and deadlines are tested
-    without sleeping.
-
-    Give the same clock to the emulator and to the client's poller; then
-    ``clock.advance(30)`` makes 30 seconds pass for every task and every deadline::
-
-        clock = ManualClock()
-        async with Emulator(clock=clock) as emu, Client(...) as client:
-            async with client.watch(ids, clock=clock, timeout=600) as outcomes:
-                clock.advance(601)   # every unfinished task times out now
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._moved: asyncio.Event | None = None
-
-    def __call__(self) -> float:
-        return self._now
-
-    def now(self) -> float:
-        """The current time, in seconds."""
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``, waking whoever sleeps until then."""
-        if seconds < 0:
-            raise ValueError("time only moves forward")
-        self._now += seconds
-        moved, self._moved = self._moved, None
-        if moved is not None:
-            moved.set()
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Return once the clock has been advanced to ``deadline`` (at once if it has)."""
-        while self._now < deadline:
-            if self._moved is None:
-                self._moved = asyncio.Event()
-            await self._moved.wait()
-        await asyncio.sleep(0)  # a checkpoint, as a real sleep would be
-
-
-@dataclass
-class LoggedRequest:
-    """One request the emulator received (either origin)."""
-
-    at: float
-    """Real monotonic time of arrival (``time.monotonic()``), for measuring gaps."""
-    clock: float
-    """The emulator's clock at arrival (differs from ``at`` under a manual clock)."""
-    origin: Literal["api", "media"]
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    """The request headers, names in lower case."""
-    status: int = 0
-    """The status answered; 0 while in flight or when the connection was dropped."""
-    fault: str | None = None
-    """The injected fault, if one was applied."""
-
-    @property
-    def authorization(self) -> str | None:
-        """The ``Authorization`` header it carried, if any."""
-        return self.headers.get("authorization")
-
-
-@dataclass
-class EmulatedTask:
-    """A task inside the emulator. Read it; drive it with ``Emulator.complete``/``fail``."""
-
-    id: str
-    kind: Kind
-    model: str
-    prompt: str
-    created: float
-    """Emulator clock at creation."""
-    queued_for: float | None
-    """Seconds queued before running; ``None``: it waits for a manual ``complete``/``fail``."""
-    run_for: float
-    will_fail: bool
-    request: dict[str, Any]
-    """The create request's fields, as the emulator parsed them."""
-    row_id: int
-    remixed_from: str | None = None
-    forced: Literal["succeeded", "failed", "in_progress"] | None = None
-    forced_progress: int | None = None
-    fail_message: str = "the video vendor rejected the prompt (emulated failure)"
-    files: dict[str, Any] = field(default_factory=dict)
-    """Uploaded files of a multipart create: field name -> (filename, size, content type)."""
-
-    def phase(self, now: float) -> tuple[str, int]:
-        """The task's lifecycle phase (queued, in_progress, succeeded, failed) and progress."""
-        if self.forced == "succeeded":
-            return "succeeded", 100
-        if self.forced == "failed":
-            return "failed", 100
-        if self.forced == "in_progress":
-            return "in_progress", self.forced_progress or 0
-        if self.queued_for is None:
-            return "queued", 0
-        age = now - self.created
-        if age < self.queued_for:
-            return "queued", 0
-        running = age - self.queued_for
-        if running < self.run_for:
-            return "in_progress", max(1, min(99, int(100 * running / self.run_for)))
-        return ("failed" if self.will_fail else "succeeded"), 100
-
-    def finished_at(self) -> float | None:
-        """Emulator time at which the task ends by itself, or ``None`` if driven by hand."""
-        if self.queued_for is None:
-            return None
-        return self.created + self.queued_for + self.run_for
-
-
-@dataclass
-class Faults:
-    """Random faults, each a probability per request to the API origin (0 = never).
-
-    Change them while the emulator runs; scripted faults (``Emulator.inject``) come first.
-    """
-
-    rate_429: float = 0.0
-    """Answer 429."""
-    retry_after: float | None = None
-    """The ``Retry-After`` of injected 429s, in seconds; ``None`` sends none."""
-    rate_500: float = 0.0
-    """Answer 500."""
-    drop_rate: float = 0.0
-    """Close the connection without answering."""
-    truncate_rate: float = 0.0
-    """Promise the whole body, send part of it, and close the connection."""
-    latency: float = 0.0
-    """Seconds added before each API answer."""
-
-
-@dataclass
-class _Scripted:
-    kind: FaultKind
-    remaining: int
-    method: str | None
-    path: str | None
-    retry_after: float | None
-
+__all__ = ["Emulator"]
 
 # The fault chosen for the request being answered: the middleware decides, the content
 # handler (same task) reads it to cut a streamed body short.
@@ -200,12 +34,18 @@ _current_fault: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-class _Truncated(Exception):
-    """Raised inside a handler to cut the connection after a partial body."""
+def _respond(answer: Answer) -> web.Response:
+    """The HTTP response for a wire answer (no body when it has none)."""
+    if answer.body is None:
+        return web.Response(status=answer.status, headers=answer.headers)
+    response = web.json_response(answer.body, status=answer.status)
+    response.headers.update(answer.headers)
+    return response
 
 
-def _pattern_block(seed: int) -> bytes:
-    return random.Random(seed).randbytes(_PATTERN_BLOCK)
+def _is_video_route(request: web.Request) -> bool:
+    # The docs dialect answers errors in a different shape on this family.
+    return request.path.startswith("/v1/videos")
 
 
 class Emulator:
@@ -219,7 +59,9 @@ class Emulator:
 
     Args:
         api_key: The only key it accepts (as ``Bearer sk-test`` or ``Bearer test``).
-        dialect: ``"docs"`` or ``"newapi"`` (see the module docstring).
+        dialect: ``"docs"``, as docs.88api.ai documents the API, or ``"newapi"``, as
+            88API's server behaves (envelopes, 400 for an unknown id, content redirected
+            to a media origin).
         host: The address to bind.
         port: The API port; 0 picks a free one.
         seed: Seeds task ids, durations, outcomes, faults and deterministic content.
@@ -281,13 +123,7 @@ class Emulator:
         self.expires_in = expires_in
         self.poll_after_ms = poll_after_ms
         self.any_id = any_id
-        if content is not None and content_size is not None:
-            raise ValueError("pass content or content_size, not both")
-        self._content = content
-        self._content_size = content_size
-        self._block = _pattern_block(seed) if content_size is not None else b""
-        self._content_sha256: str | None = None
-        self._pattern: bytes | None = None
+        self._content = Content(content, content_size, seed)
 
         self.tasks: dict[str, EmulatedTask] = {}
         """Every task, by id."""
@@ -300,12 +136,11 @@ class Emulator:
         self.expired: set[str] = set()
         """Task ids whose media URL answers 403 (an expired signed link)."""
 
-        self._rng = random.Random(seed)
-        self._fault_rng = random.Random(seed + 1)
-        self._ids = itertools.count(1)
+        self._maker = TaskMaker(seed)
+        self._faults = FaultPicker(seed)
         self._request_ids = itertools.count(1)
-        self._scripted: collections.deque[_Scripted] = collections.deque()
         self._runners: list[web.AppRunner] = []
+        # Unix time = epoch + clock(): a manual clock starting at 0 still dates tasks today.
         self._epoch = time.time() - self.clock()
         self.base_url = ""
         """The API origin, e.g. ``http://127.0.0.1:41234`` (set once started)."""
@@ -418,7 +253,7 @@ class Emulator:
             path: Only requests whose path starts with this.
             retry_after: For ``"429"``: the ``Retry-After`` seconds to send.
         """
-        self._scripted.append(_Scripted(kind, times, method, path, retry_after))
+        self._faults.add(ScriptedFault(kind, times, method, path, retry_after))
 
     def count(self, method: str | None = None, path: str | None = None) -> int:
         """How many logged requests match ``method`` and start with ``path``."""
@@ -442,92 +277,56 @@ class Emulator:
         """The emulator's current time as a Unix timestamp."""
         return int(self._epoch + self.clock())
 
-    # -- content ---------------------------------------------------------------------
-
     @property
     def content_length(self) -> int:
         """The size of the file every finished task serves."""
-        if self._content_size is not None:
-            return self._content_size
-        return len(self._video_bytes())
+        return self._content.length
 
     @property
     def content_sha256(self) -> str:
         """The hex SHA-256 of that file (computed once)."""
-        if self._content_sha256 is None:
-            digest = hashlib.sha256()
-            for chunk in self._chunks(0, self.content_length):
-                digest.update(chunk)
-            self._content_sha256 = digest.hexdigest()
-        return self._content_sha256
+        return self._content.sha256
 
     @property
     def etag(self) -> str:
         """The strong ETag the content carries."""
-        return f'"emu-{self.seed}-{self.content_length}"'
+        return etag_for(self.seed, self.content_length)
 
-    def _video_bytes(self) -> bytes:
-        if self._content is None:
-            self._content = (resources.files(__package__) / "sample.mp4").read_bytes()
-        return self._content
+    # -- task bodies (public so tests can compare) -------------------------------------
 
-    def _chunks(self, start: int, end: int) -> Iterable[bytes | memoryview]:
-        """The content's bytes ``[start, end)``, in chunks of at most 1 MiB."""
-        if self._content_size is None:
-            data = memoryview(self._video_bytes())
-            for offset in range(start, end, _WRITE_CHUNK):
-                yield data[offset : min(end, offset + _WRITE_CHUNK)]
-            return
-        # One buffer of whole blocks plus a spare block, made once; each chunk is a
-        # zero-copy slice of it at the right phase, so serving 1 GiB allocates nothing.
-        big = self._pattern_buffer()
-        view = memoryview(big)
-        offset = start
-        while offset < end:
-            phase = offset % _PATTERN_BLOCK
-            n = min(end - offset, _WRITE_CHUNK)
-            yield view[phase : phase + n]
-            offset += n
+    def generation_json(self, task: EmulatedTask) -> dict[str, Any]:
+        """What ``GET /v1/video/generations/{id}`` answers for ``task`` now."""
+        return wire.generation_body(self.dialect, task, self._moment(task))
 
-    def _pattern_buffer(self) -> bytes:
-        if self._pattern is None:
-            self._pattern = self._block * (_WRITE_CHUNK // _PATTERN_BLOCK + 1)
-        return self._pattern
+    def video_json(self, task: EmulatedTask) -> dict[str, Any]:
+        """What ``GET /v1/videos/{id}`` answers for ``task`` now."""
+        return wire.video_body(self.dialect, task, self._moment(task))
+
+    def _moment(self, task: EmulatedTask) -> Moment:
+        # One reading of the clock for the whole body, so its fields agree.
+        now = self.clock()
+        phase, progress = task.phase(now)
+        created = int(self._epoch + task.created)
+        end = task.finished_at()
+        return Moment(
+            phase=phase,
+            progress=progress,
+            created=created,
+            ended=int(self._epoch + (end if end is not None else now)),
+            now=int(self._epoch + now),
+            expires_at=int(created + self.expires_in),
+            media_link=self._media_link(task),
+        )
+
+    def _media_link(self, task: EmulatedTask) -> str:
+        return f"{self.media_url}/media/{task.id}.mp4?X-Amz-Expires=3600&X-Amz-Signature=emulated"
 
     # -- middleware ------------------------------------------------------------------
 
     def _log(self, request: web.Request, origin: Literal["api", "media"]) -> LoggedRequest:
-        entry = LoggedRequest(
-            at=time.monotonic(),
-            clock=self.clock(),
-            origin=origin,
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers={k.lower(): v for k, v in request.headers.items()},
-        )
+        entry = log_entry(request, origin, self.clock)
         self.requests.append(entry)
         return entry
-
-    def _next_fault(self, request: web.Request) -> tuple[FaultKind | None, float | None]:
-        for scripted in self._scripted:
-            if (scripted.method is None or scripted.method == request.method) and (
-                scripted.path is None or request.path.startswith(scripted.path)
-            ):
-                scripted.remaining -= 1
-                if scripted.remaining <= 0:
-                    self._scripted.remove(scripted)
-                return scripted.kind, scripted.retry_after
-        faults, rng = self.faults, self._fault_rng
-        if faults.drop_rate and rng.random() < faults.drop_rate:
-            return "drop", None
-        if faults.rate_429 and rng.random() < faults.rate_429:
-            return "429", faults.retry_after
-        if faults.rate_500 and rng.random() < faults.rate_500:
-            return "500", None
-        if faults.truncate_rate and rng.random() < faults.truncate_rate:
-            return "truncate", None
-        return None, None
 
     @web.middleware
     async def _api_middleware(
@@ -540,31 +339,40 @@ class Emulator:
         try:
             if self.faults.latency:
                 await asyncio.sleep(self.faults.latency)
-            fault, retry_after = self._next_fault(request)
+            fault, retry_after = self._faults.pick(request.method, request.path, self.faults)
             entry.fault = fault
             response: web.StreamResponse
             if fault == "drop":
-                self._drop(request)
+                drop(request)
                 entry.status = 0
-                raise _Truncated
+                raise ConnectionCut
+            # A 429 comes before the key check, as a rate limiter in front of the API
+            # would answer; a 500 comes after it.
+            video_route = _is_video_route(request)
             if fault == "429":
-                response = self._rate_limited(request, retry_after)
-            elif not self._authorized(request):
-                response = self._unauthorized(request, request_id)
+                response = _respond(
+                    wire.rate_limited(
+                        self.dialect, video_route=video_route, retry_after=retry_after
+                    )
+                )
+            elif not authorized(request, self.api_key):
+                response = _respond(
+                    wire.unauthorized(self.dialect, video_route=video_route, request_id=request_id)
+                )
             elif fault == "500":
-                response = self._server_error(request)
+                response = _respond(wire.server_error(self.dialect, video_route=video_route))
             elif fault == "garbage":
-                response = web.Response(status=200, text="<html>502 Bad Gateway</html>")
+                response = web.Response(status=200, text=wire.GARBAGE)
             else:
                 _current_fault.set(fault)
                 response = await handler(request)
             entry.status = response.status
             if not response.prepared:
-                response.headers[self._request_id_header] = request_id
+                response.headers[wire.request_id_header(self.dialect)] = request_id
                 if fault == "truncate" and isinstance(response, web.Response):
-                    await self._send_truncated(request, response)
+                    await send_truncated(request, response)
             return response
-        except _Truncated:
+        except ConnectionCut:
             # The connection is already closed; tell aiohttp there is nothing to send.
             raise web.HTTPException() from None
         finally:
@@ -578,233 +386,68 @@ class Emulator:
         if "Authorization" in request.headers:
             # What a signed storage URL does with a second credential.
             entry.status = 400
-            return web.Response(
-                status=400,
-                text="InvalidArgument: only one auth mechanism allowed; an Authorization "
-                "header must not accompany a signed URL",
-            )
+            return web.Response(status=400, text=wire.MEDIA_TWO_CREDENTIALS)
         try:
             response: web.StreamResponse = await handler(request)
-        except _Truncated:
+        except ConnectionCut:
             raise web.HTTPException() from None
         entry.status = response.status
         return response
 
-    @property
-    def _request_id_header(self) -> str:
-        return "X-Oneapi-Request-Id" if self.dialect == "newapi" else "x-request-id"
-
-    def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return False
-        given = header[len("Bearer ") :].strip()
-        bare = self.api_key.removeprefix("sk-")
-        return given.removeprefix("sk-") == bare
-
-    @staticmethod
-    def _drop(request: web.Request) -> None:
-        transport = request.transport
-        if transport is not None:
-            transport.close()
-
-    async def _send_truncated(self, request: web.Request, response: web.Response) -> None:
-        body = response.body
-        assert isinstance(body, bytes)
-        stream = web.StreamResponse(status=response.status, headers=response.headers)
-        stream.content_length = len(body)
-        await stream.prepare(request)
-        await stream.write(body[: len(body) // 2])
-        self._drop(request)
-        raise _Truncated
-
-    # -- error bodies ----------------------------------------------------------------
-
-    @staticmethod
-    def _is_video_route(request: web.Request) -> bool:
-        return request.path.startswith("/v1/videos")
-
-    def _error(
-        self,
-        request: web.Request,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> web.Response:
-        """An error in the shape this dialect uses on this route."""
-        body: dict[str, Any]
-        if self.dialect == "newapi":
-            body = {"code": code or type_, "message": message, "data": None}  # shape C
-        elif self._is_video_route(request):
-            body = {"error": {"message": message, "type": type_}}  # shape B
-        else:
-            body = {"code": code, "message": message, "param": param, "type": type_}  # shape A
-        return web.json_response(body, status=status)
-
-    def _unauthorized(self, request: web.Request, request_id: str) -> web.Response:
-        if self.dialect == "newapi":
-            body = {
-                "error": {
-                    "message": f"无效的令牌 (request id: {request_id})",
-                    "type": "new_api_error",
-                    "code": "",
-                }
-            }  # shape D
-            return web.json_response(body, status=401)
-        return self._error(request, 401, "Invalid API key", type_="authentication_error")
-
-    def _rate_limited(self, request: web.Request, retry_after: float | None) -> web.Response:
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        if self.dialect == "newapi":
-            return web.Response(status=429, headers=headers)  # shape F: empty body
-        response = self._error(request, 429, "Rate limit exceeded", type_="rate_limit_error")
-        response.headers.update(headers)
-        return response
-
-    def _server_error(self, request: web.Request) -> web.Response:
-        return self._error(
-            request,
-            500,
-            "upstream request failed (emulated fault)",
-            code="do_request_failed",
-            type_="server_error",
+    async def _read_create(self, request: web.Request) -> CreateRequest | web.Response:
+        """The create body, or the 400 that refuses it (in this dialect's shape)."""
+        read = await read_create(request)
+        if isinstance(read, CreateRequest):
+            return read
+        return _respond(
+            wire.error(
+                self.dialect,
+                400,
+                read.message,
+                video_route=_is_video_route(request),
+                code=read.code,
+                param=read.param,
+            )
         )
 
-    def _not_found(self, request: web.Request, task_id: str) -> web.Response:
-        if self.dialect == "newapi":
-            message = (
-                "task_origin_not_exist" if request.path.endswith("/remix") else "task_not_exist"
+    def _not_found(self, request: web.Request) -> web.Response:
+        return _respond(
+            wire.not_found(
+                self.dialect,
+                video_route=_is_video_route(request),
+                remix=request.path.endswith("/remix"),
             )
-            body = {"code": "task_not_exist", "message": message, "data": None}
-            return web.json_response(body, status=400)
-        return self._error(request, 404, "Task not found", param="task_id")
+        )
 
     # -- tasks -----------------------------------------------------------------------
-
-    def _new_id(self) -> str:
-        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-        return "task_" + "".join(self._rng.choice(alphabet) for _ in range(32))
 
     def _new_task(
         self, kind: Kind, model: str, prompt: str, fields: dict[str, Any]
     ) -> EmulatedTask:
-        if self.duration is None:
-            queued_for: float | None = None
-            run_for = 0.0
-        else:
-            total = self._rng.uniform(*self.duration)
-            queued_for = total * self._rng.uniform(0.05, 0.3)
-            run_for = total - queued_for
-        task = EmulatedTask(
-            id=self._new_id(),
-            kind=kind,
-            model=model,
-            prompt=prompt,
-            created=self.clock(),
-            queued_for=queued_for,
-            run_for=run_for,
-            will_fail=self._rng.random() < self.failure_rate,
-            request=fields,
-            row_id=next(self._ids),
+        task = self._maker.make(
+            kind,
+            model,
+            prompt,
+            fields,
+            clock=self.clock,
+            duration=self.duration,
+            failure_rate=self.failure_rate,
         )
         self.tasks[task.id] = task
         return task
 
-    def _media_link(self, task: EmulatedTask) -> str:
-        return f"{self.media_url}/media/{task.id}.mp4?X-Amz-Expires=3600&X-Amz-Signature=emulated"
-
-    def _created_unix(self, task: EmulatedTask) -> int:
-        return int(self._epoch + task.created)
-
-    def _end_unix(self, task: EmulatedTask) -> int:
-        end = task.finished_at()
-        return int(self._epoch + (end if end is not None else self.clock()))
-
-    async def _read_create(self, request: web.Request) -> dict[str, Any] | web.Response:
-        """The create body as a dict (JSON or multipart), or an error response."""
-        files: dict[str, Any] = {}
-        if request.content_type == "multipart/form-data":
-            fields: dict[str, Any] = {}
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader) or part.name is None:
-                    continue
-                if part.filename:
-                    data = await part.read()
-                    files[part.name] = (part.filename, len(data), part.headers.get("Content-Type"))
-                else:
-                    fields[part.name] = await part.text()
-            metadata = fields.get("metadata")
-            if isinstance(metadata, str):
-                try:
-                    fields["metadata"] = json.loads(metadata)
-                except ValueError:
-                    return self._error(
-                        request, 400, "metadata must be a JSON string", code="invalid_request"
-                    )
-        else:
-            try:
-                decoded: object = await request.json()
-            except ValueError:
-                return self._error(request, 400, "invalid JSON body", code="invalid_request")
-            if not isinstance(decoded, dict):
-                return self._error(request, 400, "body must be an object", code="invalid_request")
-            fields = decoded
-        prompt = fields.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            return self._error(
-                request, 400, "prompt is required", code="invalid_request", param="prompt"
-            )
-        fields["_files"] = files
-        return fields
-
     def _create_answer(self, task: EmulatedTask) -> web.Response:
-        created = self._created_unix(task)
-        if self.dialect == "newapi":
-            body: dict[str, Any] = {
-                "id": task.id,
-                "task_id": task.id,
-                "object": "video",
-                "model": task.model,
-                "status": "queued",
-                "progress": 0,
-                "created_at": created,
-                "metadata": {"url": ""},
-            }
-            return web.json_response(body, status=200)
-        if task.kind == "generation":
-            # The docs' example: a display id beside the task_id to query with.
-            body = {
-                "id": f"video_{task.row_id}",
-                "object": "video",
-                "model": task.model,
-                "created_at": created,
-                "task_id": task.id,
-                "status": "processing",
-            }
-        else:
-            body = {
-                "id": task.id,
-                "object": "video",
-                "model": task.model,
-                "created_at": created,
-                "status": "queued",
-                "progress": 0,
-            }
-        return web.json_response(body, status=201)
+        return _respond(wire.create_answer(self.dialect, task, int(self._epoch + task.created)))
 
     async def _create(self, request: web.Request, kind: Kind, default_model: str) -> web.Response:
-        fields = await self._read_create(request)
-        if isinstance(fields, web.Response):
-            return fields
-        files = fields.pop("_files")
+        read = await self._read_create(request)
+        if isinstance(read, web.Response):
+            return read
+        fields = read.fields
         task = self._new_task(
             kind, str(fields.get("model") or default_model), fields["prompt"], fields
         )
-        task.files = files
+        task.files = read.files
         return self._create_answer(task)
 
     async def _create_generation(self, request: web.Request) -> web.Response:
@@ -816,37 +459,37 @@ class Emulator:
     async def _remix(self, request: web.Request) -> web.Response:
         origin = self.tasks.get(request.match_info["id"])
         if origin is None:
-            return self._not_found(request, request.match_info["id"])
-        fields = await self._read_create(request)
-        if isinstance(fields, web.Response):
-            return fields
-        fields.pop("_files")
-        task = self._new_task("video", origin.model, fields["prompt"], fields)
+            return self._not_found(request)
+        read = await self._read_create(request)
+        if isinstance(read, web.Response):
+            return read
+        task = self._new_task("video", origin.model, read.fields["prompt"], read.fields)
         task.remixed_from = origin.id
         return self._create_answer(task)
 
-    def _lookup(self, request: web.Request) -> EmulatedTask | web.Response:
+    def _lookup(self, request: web.Request) -> EmulatedTask | None:
+        """The task the path names; with ``any_id``, a finished one made on the spot."""
         task_id = request.match_info["id"]
         task = self.tasks.get(task_id)
         if task is None and self.any_id:
-            kind: Kind = "video" if self._is_video_route(request) else "generation"
+            kind: Kind = "video" if _is_video_route(request) else "generation"
             task = self._new_task(kind, "sora-2", "made on the spot", {"prompt": "any"})
             del self.tasks[task.id]
             task.id = task_id
             task.forced = "succeeded"
             self.tasks[task_id] = task
-        return task if task is not None else self._not_found(request, task_id)
+        return task
 
     async def _get_generation(self, request: web.Request) -> web.Response:
         task = self._lookup(request)
-        if isinstance(task, web.Response):
-            return task
+        if task is None:
+            return self._not_found(request)
         return self._task_answer(self.generation_json(task))
 
     async def _get_video(self, request: web.Request) -> web.Response:
         task = self._lookup(request)
-        if isinstance(task, web.Response):
-            return task
+        if task is None:
+            return self._not_found(request)
         return self._task_answer(self.video_json(task))
 
     def _task_answer(self, body: dict[str, Any]) -> web.Response:
@@ -855,114 +498,17 @@ class Emulator:
             response.headers["openai-poll-after-ms"] = str(self.poll_after_ms)
         return response
 
-    # -- task bodies, per dialect (public so tests can compare) ------------------------
-
-    def generation_json(self, task: EmulatedTask) -> dict[str, Any]:
-        """What ``GET /v1/video/generations/{id}`` answers for ``task`` now."""
-        phase, progress = task.phase(self.clock())
-        done = phase == "succeeded"
-        if self.dialect == "newapi":
-            status = {
-                "queued": "QUEUED" if task.row_id % 2 else "NOT_START",
-                "in_progress": "IN_PROGRESS",
-                "succeeded": "SUCCESS",
-                "failed": "FAILURE",
-            }[phase]
-            dto = {
-                "id": task.row_id,
-                "task_id": task.id,
-                "platform": "kling" if task.kind == "generation" else "sora",
-                "action": "generate",
-                "status": status,
-                "progress": f"{progress}%",
-                "fail_reason": task.fail_message if phase == "failed" else "",
-                "result_url": self._media_link(task) if done else "",
-                "submit_time": self._created_unix(task),
-                "start_time": self._created_unix(task),
-                "finish_time": self._end_unix(task) if phase in ("succeeded", "failed") else 0,
-                "created_at": self._created_unix(task),
-                "updated_at": self.now_unix(),
-                "quota": 0,
-                "data": {"vendor_task_id": f"vendor-{task.row_id}", "raw": [1, 2, 3]},
-            }
-            return {"code": "success", "message": "", "data": dto}
-        status = {"queued": "queued", "in_progress": "processing"}.get(phase, phase)
-        return {
-            "task_id": task.id,
-            "status": status,
-            "format": "mp4",
-            "url": self._media_link(task) if done else "",
-            "metadata": {
-                "duration": task.request.get("duration", 5),
-                "fps": 30,
-                "height": 512,
-                "width": 512,
-                "seed": 20231234,
-            },
-            "error": {"code": "generation_failed", "message": task.fail_message}
-            if phase == "failed"
-            else None,
-        }
-
-    def video_json(self, task: EmulatedTask) -> dict[str, Any]:
-        """What ``GET /v1/videos/{id}`` answers for ``task`` now."""
-        phase, progress = task.phase(self.clock())
-        done = phase == "succeeded"
-        created = self._created_unix(task)
-        body: dict[str, Any] = {
-            "id": task.id,
-            "object": "video",
-            "model": task.model,
-            "created_at": created,
-            "progress": progress,
-            "expires_at": int(created + self.expires_in),
-            "size": str(task.request.get("size") or "1280x720"),
-            "seconds": str(task.request.get("seconds") or "4"),
-            "remixed_from_video_id": task.remixed_from,
-            "error": {"code": "generation_failed", "message": task.fail_message}
-            if phase == "failed"
-            else None,
-        }
-        if self.dialect == "newapi":
-            body["task_id"] = task.id
-            body["status"] = {"succeeded": "completed"}.get(phase, phase)
-            body["completed_at"] = self._end_unix(task) if done else None
-            body["metadata"] = {"url": self._media_link(task) if done else ""}
-        else:
-            body["status"] = phase
-            body["quality"] = "standard"
-            if done:
-                body["url"] = self._media_link(task)
-        return body
-
     # -- content ---------------------------------------------------------------------
 
     async def _content_route(self, request: web.Request) -> web.StreamResponse:
         task = self._lookup(request)
-        if isinstance(task, web.Response):
+        if task is None:
             if self.dialect == "newapi":  # the content proxy's own shape (E)
-                return web.json_response(
-                    {"error": {"message": "Task not found", "type": "invalid_request_error"}},
-                    status=404,
-                )
-            return task
+                return _respond(wire.content_not_found())
+            return self._not_found(request)
         phase, _ = task.phase(self.clock())
         if phase != "succeeded":
-            if self.dialect == "newapi":  # the fork hides the status behind a 404
-                return web.json_response(
-                    {"error": {"message": "Task not found", "type": "invalid_request_error"}},
-                    status=404,
-                )
-            return web.json_response(
-                {
-                    "error": {
-                        "message": "Task is not completed yet, current status: "
-                        + {"queued": "QUEUED", "in_progress": "IN_PROGRESS"}.get(phase, "FAILURE"),
-                        "type": "invalid_request_error",
-                    }
-                },
-                status=400,
-            )
+            return _respond(wire.content_not_ready(self.dialect, phase))
         if self.redirect_content:
             return web.Response(
                 status=307,
@@ -974,70 +520,16 @@ class Emulator:
         task_id = request.match_info["id"]
         task = self.tasks.get(task_id)
         if task_id in self.expired:
-            return web.Response(status=403, text="AccessDenied: Request has expired")
+            return web.Response(status=403, text=wire.MEDIA_EXPIRED)
         if task is None or task.phase(self.clock())[0] != "succeeded":
-            return web.Response(status=404, text="NoSuchKey")
+            return web.Response(status=404, text=wire.MEDIA_MISSING)
         fault = None
         if request.method == "GET":
-            fault, _ = self._next_fault(request)
+            # The media origin has no fault middleware; it takes its share here (GET only).
+            fault, _ = self._faults.pick(request.method, request.path, self.faults)
         return await self._send_content(request, truncate=fault == "truncate")
 
     async def _send_content(self, request: web.Request, *, truncate: bool) -> web.StreamResponse:
-        size = self.content_length
-        etag = self.etag
-        start, end = 0, size
-        status = 200
-        range_header = request.headers.get("Range")
-        if_range = request.headers.get("If-Range")
-        if range_header and self.honor_range and (if_range is None or if_range == etag):
-            parsed = _parse_range(range_header, size)
-            if parsed is None:
-                return web.Response(
-                    status=416, headers={"Content-Range": f"bytes */{size}", "ETag": etag}
-                )
-            start, end = parsed
-            status = 206
-        response = web.StreamResponse(status=status)
-        response.content_type = "video/mp4"
-        response.content_length = end - start
-        response.headers["ETag"] = etag
-        response.headers["Accept-Ranges"] = "bytes" if self.honor_range else "none"
-        response.headers["Content-Disposition"] = 'attachment; filename="video.mp4"'
-        if status == 206:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        await response.prepare(request)
-        if request.method == "HEAD":
-            return response
-        stop = start + (end - start) // 2 if truncate else end
-        for chunk in self._chunks(start, stop):
-            await response.write(chunk)
-        if truncate:
-            # A real connection dies a moment after its last bytes, not in the same
-            # instant: the client gets to read them (and keep them in its .part).
-            await asyncio.sleep(TRUNCATE_PAUSE)
-            self._drop(request)
-            raise _Truncated
-        await response.write_eof()
-        return response
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """Parse ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` into ``[start, end)``.
-
-    Returns ``None`` when the range cannot be satisfied (the caller answers 416).
-    """
-    unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if not first:
-            n = int(last)
-            return (max(0, size - n), size) if n > 0 and size else None
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start >= size or start >= end:
-        return None
-    return start, min(end, size)
+        return await send_content(
+            request, self._content, etag=self.etag, honor_range=self.honor_range, truncate=truncate
+        )
