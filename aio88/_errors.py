@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from ._models import Task
 
 __all__ = [
     "APIConnectionError",
@@ -229,11 +232,10 @@ class TaskFailedError(Aio88Error):
         task: The failed task as last retrieved; ``task.error`` holds the server's reason.
     """
 
-    task: Any
+    task: Task
 
-    def __init__(self, task: Any) -> None:
-        error = getattr(task, "error", None)
-        reason = getattr(error, "message", None) or "no reason given"
+    def __init__(self, task: Task) -> None:
+        reason = (task.error.message if task.error is not None else None) or "no reason given"
         super().__init__(f"task {task.id} failed: {reason}")
         self.task = task
 
@@ -246,10 +248,10 @@ class WaitTimeoutError(Aio88Error, TimeoutError):
         timeout: The deadline that expired, in seconds.
     """
 
-    task: Any
+    task: Task | None
     timeout: float
 
-    def __init__(self, task_id: str, timeout: float, task: Any = None) -> None:
+    def __init__(self, task_id: str, timeout: float, task: Task | None = None) -> None:
         state = f"last status {task.raw_status!r}" if task is not None else "never retrieved"
         super().__init__(
             f"task {task_id} did not finish within {timeout:g}s ({state}); it may still "
@@ -271,10 +273,12 @@ class DownloadError(Aio88Error):
         status_code: The HTTP status of the response, when one was involved.
     """
 
-    path: Any
+    path: Path | None
     status_code: int | None
 
-    def __init__(self, message: str, *, path: Any = None, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: Path | None = None, status_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.status_code = status_code

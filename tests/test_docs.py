@@ -61,3 +61,17 @@ async def test_programs_run(name: str, code: str, tmp_path: Path) -> None:
             [sys.executable, str(script)], cwd=tmp_path, env=env, check=False
         )
     assert result.returncode == 0, f"{name} failed:\n{result.stderr.decode()[-2000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_programs_type_check(tmp_path: Path) -> None:
+    """The docs' programs and examples pass ``mypy --strict``, as users' code would."""
+    mypy = pytest.importorskip("mypy.api")
+    for name, code in PROGRAMS:
+        stem = re.sub(r"[^a-z0-9]+", "_", name.lower())
+        (tmp_path / f"{stem}.py").write_text(code)
+    for example in (ROOT / "docs" / "examples").glob("*.py"):
+        (tmp_path / example.name).write_text(example.read_text())
+    out, err, status = mypy.run(["--strict", "--no-incremental", str(tmp_path)])
+    assert status == 0, out + err

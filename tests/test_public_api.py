@@ -74,3 +74,36 @@ def test_public_methods_have_docstrings() -> None:
 def test_version_matches_metadata() -> None:
     """__version__ is the installed distribution's version."""
     assert aio88.__version__ == importlib.metadata.version("aio88")
+
+
+def _public_names(module: object) -> set[str]:
+    """What a user sees in ``dir(module)``: no private names, no submodules."""
+    return {
+        name
+        for name in dir(module)
+        if not name.startswith("_") and not inspect.ismodule(getattr(module, name))
+    } | ({"__version__"} if hasattr(module, "__version__") else set())
+
+
+def test_all_is_exactly_the_public_names() -> None:
+    """``__all__`` lists every public name and nothing else (as httpx checks its own):
+    nothing leaks into the namespace (``annotations``, helpers), nothing is hidden."""
+    assert set(aio88.__all__) == _public_names(aio88)
+    assert set(aio88.testing.__all__) == _public_names(aio88.testing)
+
+
+def test_types_user_code_needs_are_exported() -> None:
+    """The types that appear in public signatures can be imported to annotate user code."""
+    for name in ("Task", "Kind", "FileInput", "Outcome", "Watch", "Poller", "VideoContent"):
+        assert name in aio88.__all__, name
+    for name in ("FaultKind", "Dialect", "ManualClock", "Faults"):
+        assert name in aio88.testing.__all__, name
+
+
+def test_testing_classes_live_in_aio88_testing() -> None:
+    """aio88.testing's classes present themselves as aio88.testing.X."""
+    for name in aio88.testing.__all__:
+        obj = getattr(aio88.testing, name)
+        if inspect.isclass(obj):
+            assert obj.__module__ == "aio88.testing", name
+            assert obj.__doc__ and obj.__doc__.strip(), name
