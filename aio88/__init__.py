@@ -41,7 +41,8 @@ from ._models import (
     Video,
     VideoMetadata,
 )
-from ._poll import Outcome, Poller, PollerStats
+from ._outcome import Outcome, PollerStats
+from ._poll import Poller
 from ._resources import Generations, Videos
 from ._schedule import Schedule
 from ._stream import VideoContent

@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._ledger import Job, Ledger
 from ._models import GenerationTask, Status, Video
-from ._poll import Outcome
+from ._outcome import Outcome
 from ._schedule import Schedule
 from ._version import __version__
 

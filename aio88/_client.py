@@ -35,13 +35,15 @@ from ._config import (
 )
 from ._download import Downloader, Source
 from ._errors import DownloadError
-from ._http import SSLSetting, Transport
+from ._http import Transport
 from ._models import Kind, Task
+from ._outcome import Outcome
 from ._partfile import Progress
-from ._poll import Outcome, Poller
+from ._poll import Poller
 from ._proxies import ProxySetting
 from ._resources import Generations, Videos
 from ._schedule import Schedule
+from ._sessions import SSLSetting
 from ._watch import Watch, open_watch
 
 __all__ = ["Client"]

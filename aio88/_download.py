@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 from yarl import URL
 
+from ._body import Body
 from ._config import DOWNLOAD_BLOCK_SIZE
 from ._errors import (
     APIConnectionError,
@@ -32,7 +33,7 @@ from ._errors import (
     DownloadError,
     RateLimitError,
 )
-from ._http import Body, Transport
+from ._http import Transport
 from ._models import GenerationTask, Status, Video, check_id
 from ._partfile import PartFile, Progress, sha256_matches
 from ._retry import backoff_delay

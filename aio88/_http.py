@@ -10,10 +10,8 @@ right proxy, waits its turn in the shared rate budget, is retried only when that
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import platform
-import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,29 +19,20 @@ from typing import Literal, TypeVar
 
 import aiohttp
 import anyio
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._config import (
-    CREATE_KEEPALIVE,
-    ERROR_BODY_LIMIT,
-    MAX_REDIRECTS,
-    POOL_KEEPALIVE,
-    RetryPolicy,
-    Timeouts,
-)
-from ._errors import (
-    APIConnectionError,
-    APITimeoutError,
-    make_status_error,
-    request_id_from,
-)
+from ._body import Body, read_limited
+from ._config import ERROR_BODY_LIMIT, MAX_REDIRECTS, RetryPolicy, Timeouts
+from ._errors import APIConnectionError, make_status_error, request_id_from
+from ._failures import FINAL_ERRORS, TRANSPORT_ERRORS, translate
+from ._headers import build_headers, check_headers
 from ._proxies import DIRECT, Proxies, ProxyChoice, ProxySetting
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
+from ._sessions import SSLSetting, close_now, make_sessions
 from ._version import __version__
 
-__all__ = ["Body", "Response", "SSLSetting", "Transport", "check_headers", "translate"]
+__all__ = ["Response", "SSLSetting", "Transport", "api_deadline"]
 
 log = logging.getLogger("aio88")
 
@@ -52,42 +41,10 @@ USER_AGENT = (
     f"{platform.python_implementation()}/{platform.python_version()}"
 )
 
-#: What ``Client(ssl=...)`` takes: a context, ``False`` (no verification) or ``None``.
-SSLSetting = ssl_module.SSLContext | bool | None
-
 _T = TypeVar("_T")
 
 #: Statuses whose ``Location`` is followed.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-#: Characters that would end a header line early (and so smuggle in another header, or a
-#: whole request), or that no HTTP server accepts.
-_FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
-_FORBIDDEN_IN_NAMES = (*_FORBIDDEN_IN_HEADERS, ":", " ", "\t")
-
-
-def check_headers(headers: Mapping[str, str], api_key: str) -> None:
-    """Refuse header names or values (and an API key) that could not be sent safely.
-
-    Raises:
-        ValueError: Naming the header and what is wrong with it.
-    """
-    for char in _FORBIDDEN_IN_HEADERS:
-        if char in api_key:
-            raise ValueError(
-                f"the API key contains {char!r}; copy the key again without line breaks"
-            )
-    for name, value in headers.items():
-        if not all(isinstance(part, str) for part in (name, value)):
-            raise TypeError(f"header {name!r}: names and values must be strings")
-        if not name or any(char in name for char in _FORBIDDEN_IN_NAMES):
-            raise ValueError(f"header name {name!r} is not valid in HTTP")
-        for char in _FORBIDDEN_IN_HEADERS:
-            if char in value:
-                raise ValueError(
-                    f"header {name!r} has {char!r} in its value, which would end the header "
-                    "line early; remove it"
-                )
 
 
 def api_deadline(timeouts: Timeouts) -> float | None:
@@ -115,167 +72,6 @@ class Response:
     def request_id(self) -> str | None:
         """The server's request id, when it sent one."""
         return request_id_from(self.headers)
-
-
-def translate(exc: BaseException, what: str) -> APIConnectionError:
-    """Turn an aiohttp or timeout exception into aio88's, saying whether the request left.
-
-    ``what`` names the request ("GET /v1/videos/x") for the message. This is the one place
-    aiohttp's exceptions are mapped; callers ``raise translate(exc, what) from exc``.
-    """
-    if isinstance(exc, APIConnectionError):
-        return exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return APITimeoutError(f"{what}: timed out connecting to the server", request_sent=False)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return APITimeoutError(f"{what}: timed out waiting for the server")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return APIConnectionError(
-            f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted "
-            f"({exc.certificate_error}); pass Client(ssl=...) with a context that trusts "
-            "your CA, or set SSL_CERT_FILE before the program starts",
-            request_sent=False,
-        )
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return APIConnectionError(
-            f"{what}: cannot connect to the proxy {exc.host}:{exc.port} "
-            f"({exc.os_error.strerror or exc.os_error})",
-            request_sent=False,
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error)
-        return APIConnectionError(
-            f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})", request_sent=False
-        )
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        hint = " (check the credentials in the proxy URL)" if exc.status == 407 else ""
-        return APIConnectionError(
-            f"{what}: the proxy refused the connection (HTTP {exc.status} {exc.message})" + hint,
-            request_sent=False,
-        )
-    if isinstance(exc, HttpProcessingError):
-        return APIConnectionError(f"{what}: the body is not valid HTTP framing ({exc.message})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return APIConnectionError(
-            f"{what}: the server closed the connection without a complete answer"
-        )
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return APIConnectionError(f"{what}: the server closed the connection mid-body")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return APIConnectionError(f"{what}: the server redirected to an unusable URL ({exc})")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # aiohttp's parser refused the answer (a bad status line, a malformed header...)
-        return APIConnectionError(f"{what}: the server's answer is not valid HTTP ({exc.message})")
-    return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-#: Failures that trying again cannot mend: a URL aiohttp refuses, a certificate we do
-#: not trust, a proxy that refuses us (407: its credentials), a pinned fingerprint.
-_FINAL_ERRORS = (
-    aiohttp.InvalidURL,
-    aiohttp.ClientConnectorCertificateError,
-    aiohttp.ClientHttpProxyError,
-    aiohttp.ServerFingerprintMismatch,
-)
-
-
-#: What a request or a body read can fail with, before translation.
-TRANSPORT_ERRORS = (
-    aiohttp.ClientError,
-    HttpProcessingError,  # aiohttp's pure-Python parser raises it for a bad body
-    TimeoutError,
-    asyncio.TimeoutError,
-    OSError,
-    APIConnectionError,
-)
-
-
-class Body:
-    """A download's response, body not read yet: read it in blocks with :meth:`next_block`."""
-
-    def __init__(self, response: aiohttp.ClientResponse, block_size: int) -> None:
-        self._response = response
-        #: The most aiohttp holds before it pauses reading the socket (half its buffer).
-        self.block_size = block_size
-        self._what = f"GET {response.url.path}"
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
-        self.content_type = response.content_type
-        #: Whether the body came compressed (although ``identity`` was asked for): its
-        #: Content-Length then says nothing, and a Range would count other bytes.
-        self.encoded = response.headers.get("Content-Encoding", "identity") not in (
-            "",
-            "identity",
-        )
-        self.content_length = None if self.encoded else response.content_length
-        #: Body bytes received so far.
-        self.received = 0
-        self._pieces: list[bytes] = []
-        self._failure: APIConnectionError | None = None
-
-    async def next_block(self) -> list[bytes] | None:
-        """The next block of the body, or None at its end: the pieces aiohttp received,
-        about ``block_size`` bytes of them (less at the end of the body).
-
-        The pieces are collected, never joined: joining them was a copy of the whole body,
-        12 % of a download's time at 1 GB/s. And they go to the writer thread in large
-        blocks: a hand-over per piece (64-256 KiB) made the two threads trade the GIL so
-        often that throughput halved. Pieces of a block cut short by a cancellation stay
-        in :meth:`leftovers`.
-
-        Raises:
-            APIConnectionError: The connection broke (or the body was cut short); pieces
-                received before are returned first, so that they reach the ``.part``.
-        """
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-        content = self._response.content
-        pieces = self._pieces
-        size = 0
-        try:
-            while size < self.block_size:
-                piece, end_of_http_chunk = await content.readchunk()
-                if piece:
-                    pieces.append(piece)
-                    size += len(piece)
-                    self.received += len(piece)
-                elif not end_of_http_chunk:
-                    break  # the end of the body (an empty piece that ends a chunk is not)
-        except TRANSPORT_ERRORS as exc:
-            failure = translate(exc, self._what)
-            failure.__cause__ = exc
-            if not pieces:
-                raise failure from exc
-            self._failure = failure  # raised on the next call, after these are kept
-        return self.leftovers() or None
-
-    def leftovers(self) -> list[bytes]:
-        """The pieces received and not handed out yet (and forget them)."""
-        pieces, self._pieces = self._pieces, []
-        return pieces
-
-    async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
-        """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
-        return await read_limited(self._response, limit, timeout)
-
-
-async def read_limited(
-    response: aiohttp.ClientResponse, limit: int, timeout: float | None
-) -> bytes:
-    """Up to ``limit`` bytes of a body that should be small (an error message): what
-    arrives within ``timeout`` seconds, and never a whole video."""
-    data = b""
-    with anyio.move_on_after(timeout):
-        try:
-            while len(data) < limit:
-                chunk = await response.content.read(limit - len(data))
-                if not chunk:
-                    break
-                data += chunk
-        except TRANSPORT_ERRORS:
-            pass
-    return data
 
 
 class Transport:
@@ -322,23 +118,9 @@ class Transport:
         self._proxies = None if session is not None and proxy is None else Proxies(proxy)
         self._ssl = ssl
         self._trace_configs = list(trace_configs or ())
-        # Built once: a user's header replaces the default of the same name, whatever its
-        # case. Other origins (a CDN, a redirect's target) get none of the user's headers
-        # but the User-Agent, and never the credentials.
-        user_agent = next(
-            (v for k, v in (headers or {}).items() if k.lower() == "user-agent"), USER_AGENT
+        self._api_headers, self._json_headers, self._plain_headers = build_headers(
+            headers or {}, api_key, USER_AGENT
         )
-        self._plain_headers: CIMultiDict[str] = CIMultiDict(
-            {"User-Agent": user_agent, "Accept": "*/*"}
-        )
-        base: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT})
-        base["Accept"] = "application/json"
-        for name, value in (headers or {}).items():
-            base[name] = value
-        base["Authorization"] = f"Bearer {api_key}"
-        self._api_headers = base
-        self._json_headers = CIMultiDict(base)
-        self._json_headers["Content-Type"] = "application/json"
         self._api_proxy: ProxyChoice = DIRECT
         # An API answer is a small JSON body that comes in one or two reads, so the gap
         # between reads and the whole answer are bounded together, by one timer per
@@ -385,15 +167,9 @@ class Transport:
         if self._given_session is not None:
             self.session = self._create_session = self._given_session
         else:
-            ssl: ssl_module.SSLContext | bool = True if self._ssl is None else self._ssl
-            if ssl is False:
-                log.warning(
-                    "aio88.Client(ssl=False): TLS certificates are not verified; anyone on "
-                    "the network path can read the API key"
-                )
-            cookies = aiohttp.CookieJar()  # one jar: a sticky balancer's cookie goes everywhere
-            self.session = self._new_session(ssl, POOL_KEEPALIVE, cookies)
-            self._create_session = self._new_session(ssl, CREATE_KEEPALIVE, cookies)
+            self.session, self._create_session = make_sessions(
+                self.max_connections, self._ssl, self._trace_configs
+            )
         self._api_proxy = self.proxy_for(self.origin)
         proxy_headers = self._api_proxy[1]
         if proxy_headers and self.origin.scheme == "http":
@@ -401,23 +177,6 @@ class Transport:
             # (aiohttp sends proxy_headers only on a CONNECT).
             self._api_headers.update(proxy_headers)
             self._json_headers.update(proxy_headers)
-
-    def _new_session(
-        self, ssl: ssl_module.SSLContext | bool, keepalive: float, cookies: aiohttp.CookieJar
-    ) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            ssl=ssl,
-            keepalive_timeout=keepalive,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=cookies,
-            trust_env=False,  # the environment's proxies are read once, by Proxies
-            trace_configs=self._trace_configs or None,
-        )
 
     async def aclose(self) -> None:
         """Close the sessions if this transport created them. Calling it again does nothing."""
@@ -433,13 +192,7 @@ class Transport:
         sessions = self._owned_sessions()
         self.session = self._create_session = None
         for session in sessions:
-            if session.closed:
-                continue
-            connector = session.connector
-            session.detach()  # marks it closed, so aiohttp does not warn a second time
-            if connector is not None:
-                # aiohttp has no public synchronous close, and there is no loop to await on.
-                connector._close()  # noqa: SLF001
+            close_now(session)
 
     def _owned_sessions(self) -> list[aiohttp.ClientSession]:
         if not self.owns_session:
@@ -581,7 +334,7 @@ class Transport:
                         error_body = await read_limited(resp, ERROR_BODY_LIMIT, self.timeouts.read)
                 finally:
                     resp.release()
-            except _FINAL_ERRORS as exc:
+            except FINAL_ERRORS as exc:
                 raise translate(exc, f"{method} {url.path}") from exc
             except TRANSPORT_ERRORS as exc:
                 what = f"{method} {url.path}"  # failures only: the poll path builds no strings

@@ -16,8 +16,6 @@ import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -40,10 +38,11 @@ from ._errors import (
 from ._fetch import fetch_task
 from ._http import Transport
 from ._models import GenerationTask, Kind, Status, Task, Video, check_id, compact
+from ._outcome import Outcome, PollerStats
 from ._retry import backoff_delay
 from ._schedule import Schedule, plan_delay
 
-__all__ = ["Fetch", "Outcome", "Poller", "PollerStats", "kind_of"]
+__all__ = ["Fetch", "Poller", "kind_of"]
 
 log = logging.getLogger("aio88")
 
@@ -52,55 +51,6 @@ Fetch = Callable[[Kind, str], Awaitable[tuple[Task, float | None]]]
 
 _FATAL = (AuthenticationError, PermissionDeniedError)
 _TRANSIENT = (APIConnectionError, APIStatusError, APIResponseValidationError)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one task ended, as ``client.watch`` yields it.
-
-    Attributes:
-        id: The task id.
-        kind: ``"generation"`` or ``"video"``.
-        task: The task as last retrieved (``None`` if it never was).
-        error: Why it did not succeed: a :class:`TaskFailedError`, a
-            :class:`WaitTimeoutError`, a :class:`NotFoundError`, a download error, a
-            ``ValueError`` for an id that cannot be polled... ``None`` on success.
-        path: Where the video was saved, when the watch downloads.
-    """
-
-    id: str
-    kind: Kind
-    task: Task | None = None
-    error: BaseException | None = None
-    path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether the task succeeded (and, when downloading, its file is saved)."""
-        return self.error is None and self.task is not None and self.task.status is Status.SUCCEEDED
-
-
-@dataclass(frozen=True, slots=True)
-class PollerStats:
-    """A snapshot of a poller's work.
-
-    Attributes:
-        tracked: Tasks being polled now.
-        in_flight: Poll requests under way now.
-        polls: Poll requests made (retries inside the client not counted).
-        finished: Tasks that reached an outcome.
-        errors: Polls that failed transiently and were rescheduled.
-        rate_limited: 429 answers the client has seen.
-        concurrency: The concurrency in force now (lowered after a 429, then regrown).
-    """
-
-    tracked: int
-    in_flight: int
-    polls: int
-    finished: int
-    errors: int
-    rate_limited: int
-    concurrency: int
 
 
 class _Waiter:

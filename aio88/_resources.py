@@ -15,11 +15,12 @@ import aiohttp
 import anyio
 import msgspec
 
+from ._body import read_limited
 from ._config import DEFAULT_WAIT_TIMEOUT
 from ._download import Downloader
 from ._errors import DownloadError, wrong_task_error
 from ._fetch import decode_answer
-from ._http import Transport, read_limited
+from ._http import Transport
 from ._models import (
     FileInput,
     GenerationTask,

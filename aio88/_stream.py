@@ -10,7 +10,7 @@ import anyio
 
 from ._config import RetryPolicy
 from ._errors import APIConnectionError
-from ._http import TRANSPORT_ERRORS, translate
+from ._failures import TRANSPORT_ERRORS, translate
 from ._retry import backoff_delay
 
 __all__ = ["VideoContent"]

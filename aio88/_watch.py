@@ -19,7 +19,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._download import file_name_for
 from ._errors import APIConnectionError, APIStatusError, DownloadError
 from ._models import Kind, Task, check_id
-from ._poll import Outcome, Poller, PollerStats, kind_of
+from ._outcome import Outcome, PollerStats
+from ._poll import Poller, kind_of
 
 __all__ = ["DownloadQueue", "Watch", "open_watch"]
 

@@ -13,7 +13,7 @@ from yarl import URL
 
 from aio88 import APIConnectionError, APITimeoutError, Client, NotFoundError
 from aio88._fetch import poll_hint
-from aio88._http import translate
+from aio88._failures import translate
 from aio88._proxies import Proxies
 from aio88._resources import _sniff_image_type
 from aio88.testing import Emulator

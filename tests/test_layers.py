@@ -30,7 +30,12 @@ LAYERS: dict[str, int] = {
     "_writer": 0,
     "_partfile": 0,
     "_ledger": 0,
+    "_headers": 0,
+    "_outcome": 0,
     # the transport: aiohttp, auth, pacing, the one retry driver
+    "_failures": 1,
+    "_sessions": 1,
+    "_body": 1,
     "_http": 1,
     # engines: each takes a Transport (and callables), never a Client
     "_fetch": 2,

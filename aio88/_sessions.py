@@ -1,0 +1,67 @@
+"""The aiohttp sessions a transport sends through: one for every request but creates,
+one for creates, sharing their cookies, TLS settings and tracing."""
+
+from __future__ import annotations
+
+import logging
+import ssl as ssl_module
+from collections.abc import Sequence
+
+import aiohttp
+
+from ._config import CREATE_KEEPALIVE, POOL_KEEPALIVE
+
+__all__ = ["SSLSetting", "close_now", "make_sessions"]
+
+log = logging.getLogger("aio88")
+
+#: What ``Client(ssl=...)`` takes: a context, ``False`` (no verification) or ``None``.
+SSLSetting = ssl_module.SSLContext | bool | None
+
+
+def make_sessions(
+    max_connections: int, ssl: SSLSetting, trace_configs: Sequence[aiohttp.TraceConfig]
+) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
+    """(the session for every request but creates, the one for creates).
+
+    The creates' pool reuses a connection only within :data:`CREATE_KEEPALIVE` seconds:
+    a POST written onto a pooled connection the server has just closed fails although the
+    server never saw it, and aiohttp does not resend a POST, so it would look like "maybe
+    created, maybe billed". One cookie jar: a sticky balancer's cookie goes everywhere.
+    """
+    verify: ssl_module.SSLContext | bool = True if ssl is None else ssl
+    if verify is False:
+        log.warning(
+            "aio88.Client(ssl=False): TLS certificates are not verified; anyone on the "
+            "network path can read the API key"
+        )
+    cookies = aiohttp.CookieJar()
+
+    def session(keepalive: float) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            ssl=verify,
+            keepalive_timeout=keepalive,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=cookies,
+            trust_env=False,  # the environment's proxies are read once, by Proxies
+            trace_configs=list(trace_configs) or None,
+        )
+
+    return session(POOL_KEEPALIVE), session(CREATE_KEEPALIVE)
+
+
+def close_now(session: aiohttp.ClientSession) -> None:
+    """Close a session's sockets without awaiting (no event loop to await on: a client
+    dropped while open, in ``__del__``)."""
+    if session.closed:
+        return
+    connector = session.connector
+    session.detach()  # marks it closed, so aiohttp does not warn a second time
+    if connector is not None:
+        # aiohttp has no public synchronous close.
+        connector._close()  # noqa: SLF001
