@@ -32,7 +32,7 @@ from ._errors import (
     PermissionDeniedError,
 )
 from ._ledger import Job, Ledger
-from ._models import GenerationTask, Status, Video
+from ._models import GenerationTask, Kind, Status, Video
 from ._outcome import Outcome
 from ._schedule import Schedule
 from ._version import __version__
@@ -254,7 +254,7 @@ async def _watch_with_progress(
     *,
     fresh: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
-    kind: str = "video",
+    kind: Kind = "video",
 ) -> list[Outcome]:
     """Watch tasks to the end with downloads, drawing progress as they go."""
     results: list[Outcome] = []
@@ -265,7 +265,7 @@ async def _watch_with_progress(
 
     async with client.watch(
         [],
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         concurrency=concurrency,
         download_dir=out,
         on_update=on_update,
@@ -456,7 +456,7 @@ async def _run_jobs(
     ) as outcomes:
         for job in to_watch:
             assert job.task_id is not None
-            outcomes.add([job.task_id], kind=job.kind)  # type: ignore[arg-type]
+            outcomes.add([job.task_id], kind=job.kind)
         outcomes.expect(len(to_create))  # the iteration stays open while they are created
         limiter = anyio.CapacityLimiter(args.create_concurrency)
         fatal: list[BaseException] = []

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._models import Kind
+
 __all__ = ["FINAL_STATES", "Job", "Ledger"]
 
 #: States a rerun does not touch.
@@ -51,7 +53,7 @@ class Job:
 
     key: str
     line: int
-    kind: str
+    kind: Kind
     request: dict[str, Any]
     state: str = "pending"
     task_id: str | None = None
@@ -101,6 +103,7 @@ class Ledger:
         for key, line, kind, request, state, task_id, error, path in self._db.execute(
             query + " ORDER BY line", params
         ):
+            # The kind column holds only what load_jobs validated: "generation" or "video".
             yield Job(key, line, kind, json.loads(request), state, task_id, error, path)
 
     def set_state(
