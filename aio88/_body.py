@@ -1,4 +1,5 @@
-"""A download's body, read through aiohttp in blocks for the writer thread."""
+"""Reading bodies: a download's, in blocks for the writer thread (:class:`Body`), and
+an error's or a message's, short and bounded in time (:func:`read_limited`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import anyio
 from ._errors import APIConnectionError
 from ._failures import TRANSPORT_ERRORS, translate
 
-__all__ = ["Body", "read_limited"]
+__all__ = ["NOT_VIDEO_TYPES", "Body", "read_limited"]
+
+#: Content types that mean "a message" (an error, a page), not a video.
+NOT_VIDEO_TYPES = ("application/json", "text/", "application/problem+json")
 
 
 class Body:

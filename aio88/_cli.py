@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import anyio
 
 from ._client import Client
-from ._config import RetryPolicy
+from ._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT, RetryPolicy
 from ._errors import (
     Aio88Error,
     APIConnectionError,
@@ -673,7 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="folder for videos/ and the ledger")
     p.add_argument("--status", metavar="DIR", help="summarise the ledger in DIR and exit")
-    p.add_argument("--concurrency", type=_positive_int, default=64, help="polls in flight (64)")
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_POLL_CONCURRENCY,
+        help="polls in flight (64)",
+    )
     p.add_argument(
         "--create-concurrency", type=_positive_int, default=8, help="creates in flight (8)"
     )
@@ -697,7 +702,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wait", parents=[output, kinds], help="wait for a task to finish")
     p.add_argument("id")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds (1800)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_TIMEOUT,
+        help=f"seconds ({DEFAULT_WAIT_TIMEOUT:g})",
+    )
     p.add_argument("--download", metavar="DEST", help="save the video here when it succeeds")
 
     p = sub.add_parser("download", parents=[output, kinds], help="save a finished video")

@@ -1,8 +1,8 @@
 """The client: configuration, the session's lifecycle, and the assembly of the parts.
 
-:class:`Client` is the facade. It builds the :class:`~aio88._http.Transport` and hands it
-(or a callable that opens the client on first use) to the resources, the poller, the
-watch and the downloader; none of them knows the client.
+:class:`Client` is the facade. It builds the :class:`~aio88._http.Transport` (which opens
+on first use) and hands it to the resources, the poller, the watch and the downloader;
+none of them knows the client.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from ._clock import Clock
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_DOWNLOAD_WORKERS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_POLL_CONCURRENCY,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
     DEFAULT_WAIT_TIMEOUT,
-    DEFAULT_WATCH_DOWNLOADS,
     ENV_API_KEY,
     ENV_BASE_URL,
     RetryPolicy,
@@ -282,7 +282,7 @@ class Client:
         clock: Clock | None,
         *,
         on_outcome: Callable[[Outcome], object] | None = None,
-        on_fatal: Callable[[], object] | None = None,
+        on_fatal: Callable[[BaseException], object] | None = None,
     ) -> Poller:
         return Poller(
             self._transport,
@@ -305,7 +305,7 @@ class Client:
         batch_timeout: float | None = None,
         concurrency: int = DEFAULT_POLL_CONCURRENCY,
         download_dir: str | os.PathLike[str] | None = None,
-        download_workers: int = DEFAULT_WATCH_DOWNLOADS,
+        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
         on_update: Callable[[Task], object] | None = None,
         clock: Clock | None = None,
     ) -> AbstractAsyncContextManager[Watch]:

@@ -17,17 +17,19 @@ __all__ = [
     "CREATE_KEEPALIVE",
     "DEFAULT_BASE_URL",
     "DEFAULT_DOWNLOAD_CONCURRENCY",
+    "DEFAULT_DOWNLOAD_WORKERS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_POLL_CONCURRENCY",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "DEFAULT_WAIT_TIMEOUT",
-    "DEFAULT_WATCH_DOWNLOADS",
+    "DNS_CACHE_TTL",
     "DOWNLOAD_BLOCK_SIZE",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ERROR_BODY_LIMIT",
     "MAX_REDIRECTS",
+    "MESSAGE_EXCERPT_LIMIT",
     "POLL_FAIRNESS_STREAK",
     "POOL_KEEPALIVE",
     "RetryPolicy",
@@ -52,6 +54,10 @@ CREATE_KEEPALIVE = 1.0
 ERROR_BODY_LIMIT = 64 * 1024
 #: How many redirects a request follows.
 MAX_REDIRECTS = 10
+#: How much of a message body (JSON or text where a video was expected) an error quotes.
+MESSAGE_EXCERPT_LIMIT = 2000
+#: How long a host name's addresses are kept (aiohttp's DNS cache), in seconds.
+DNS_CACHE_TTL = 300
 #: How long ``wait()`` waits for a task unless told otherwise: 30 minutes.
 DEFAULT_WAIT_TIMEOUT = 30 * 60.0
 #: Most poll requests a poller (or a watch) has in flight unless told otherwise.
@@ -63,7 +69,7 @@ POLL_FAIRNESS_STREAK = 32
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise
 #: (within the client's ``download_concurrency``).
-DEFAULT_WATCH_DOWNLOADS = 4
+DEFAULT_DOWNLOAD_WORKERS = 4
 #: The size of a download's blocks: the unit handed to the writer thread, and of memory
 #: use (aiohttp may hold two, the writer two more). Fastest here among 256 KiB-4 MiB
 #: (``docs/benchmarks.md``).

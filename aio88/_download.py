@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 from yarl import URL
 
-from ._body import Body
-from ._config import DOWNLOAD_BLOCK_SIZE
+from ._body import NOT_VIDEO_TYPES, Body
+from ._config import DOWNLOAD_BLOCK_SIZE, MESSAGE_EXCERPT_LIMIT
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -45,8 +45,6 @@ log = logging.getLogger("aio88")
 
 #: Statuses on a vendor URL that mean "the link expired": fall back to the API.
 _EXPIRED_STATUSES = frozenset({403, 404, 410})
-#: Content types that mean "a message", not a video.
-_NOT_VIDEO = ("application/json", "text/", "application/problem+json")
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,8}$")
 _ACCEPT = {"Accept": "video/*, application/octet-stream;q=0.9, */*;q=0.5"}
 
@@ -287,8 +285,8 @@ async def _check_start(
     body: Body, url: URL, target: PartFile, offset: int, transport: Transport
 ) -> tuple[int, int | None]:
     """What the answer holds: (where its bytes start, the file's total size if known)."""
-    if body.content_type.startswith(_NOT_VIDEO):
-        text = await body.read_small_body(2000, transport.timeouts.read)
+    if body.content_type.startswith(NOT_VIDEO_TYPES):
+        text = await body.read_small_body(MESSAGE_EXCERPT_LIMIT, transport.timeouts.read)
         raise DownloadError(
             f"expected a video from {url.with_query(None)} but got {body.content_type}: "
             f"{text.decode('utf-8', 'replace')!r}",

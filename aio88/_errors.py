@@ -22,7 +22,7 @@ Catch :class:`APIStatusError` for "the server said no", :class:`APIConnectionErr
 this package raises. Bad arguments (an empty prompt, an id with a ``/``) raise the
 built-in :class:`ValueError` or :class:`TypeError` before any request is sent.
 
-This module is a leaf: it imports nothing from aio88.
+This module is a leaf: it imports only :mod:`aio88._models` (the task types).
 """
 
 from __future__ import annotations

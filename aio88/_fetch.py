@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import msgspec
 
-from ._errors import APIResponseValidationError
+from ._errors import BODY_EXCERPT_CHARS, APIResponseValidationError
 from ._http import Response, Transport
 from ._models import Kind, ResponseShapeError, Task, decode_generation, decode_video
 from ._retry import parse_retry_after
@@ -49,7 +49,7 @@ def decode_answer(decode: Callable[[bytes], TaskT], resp: Response) -> TaskT:
     try:
         return decode(resp.body)
     except (msgspec.DecodeError, ResponseShapeError) as exc:
-        excerpt = resp.body[:200].decode("utf-8", "replace")
+        excerpt = resp.body[:BODY_EXCERPT_CHARS].decode("utf-8", "replace")
         raise APIResponseValidationError(
             f"HTTP {resp.status} with a body that is not a task ({exc}): {excerpt!r}",
             status_code=resp.status,

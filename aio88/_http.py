@@ -32,7 +32,7 @@ from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay,
 from ._sessions import SSLSetting, close_now, make_sessions
 from ._version import __version__
 
-__all__ = ["Response", "SSLSetting", "Transport", "api_deadline"]
+__all__ = ["Response", "Transport", "api_deadline"]
 
 log = logging.getLogger("aio88")
 
@@ -121,7 +121,14 @@ class Transport:
         self._api_headers, self._json_headers, self._plain_headers = build_headers(
             headers or {}, api_key, USER_AGENT
         )
-        self._api_proxy: ProxyChoice = DIRECT
+        # The API's proxy, worked out now (no event loop needed), so that even a client's
+        # first request, which opens it, goes through it.
+        self._api_proxy: ProxyChoice = self.proxy_for(self.origin)
+        if self._api_proxy[1] and self.origin.scheme == "http":
+            # A plain-HTTP request through a proxy carries the proxy's credentials itself
+            # (aiohttp sends proxy_headers only on a CONNECT).
+            self._api_headers.update(self._api_proxy[1])
+            self._json_headers.update(self._api_proxy[1])
         # An API answer is a small JSON body that comes in one or two reads, so the gap
         # between reads and the whole answer are bounded together, by one timer per
         # request: aiohttp's sock_read would re-arm a second one for every packet.
@@ -170,13 +177,6 @@ class Transport:
             self.session, self._create_session = make_sessions(
                 self.max_connections, self._ssl, self._trace_configs
             )
-        self._api_proxy = self.proxy_for(self.origin)
-        proxy_headers = self._api_proxy[1]
-        if proxy_headers and self.origin.scheme == "http":
-            # A plain-HTTP request through a proxy carries the proxy's credentials itself
-            # (aiohttp sends proxy_headers only on a CONNECT).
-            self._api_headers.update(proxy_headers)
-            self._json_headers.update(proxy_headers)
 
     async def aclose(self) -> None:
         """Close the sessions if this transport created them. Calling it again does nothing."""

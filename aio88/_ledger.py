@@ -26,10 +26,8 @@ from typing import Any
 
 from ._models import Kind
 
-__all__ = ["FINAL_STATES", "Job", "Ledger"]
+__all__ = ["Job", "Ledger"]
 
-#: States a rerun does not touch.
-FINAL_STATES = frozenset({"downloaded", "failed", "rejected"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -1,5 +1,5 @@
 """One scheduler for any number of tasks (:class:`Poller`), behind ``wait()``,
-``client.watch()`` and ``client.poller()``, and what it reports (:class:`Outcome`).
+``client.watch()`` and ``client.poller()``.
 
 The poller keeps one min-heap of next-poll times and ``concurrency`` worker coroutines.
 Exactly one worker at a time (the leader, holding ``_take_lock``) sleeps until the top of
@@ -15,9 +15,9 @@ import functools
 import heapq
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -125,8 +125,8 @@ class Poller:
         clock: The time source (tests pass ``aio88.testing.ManualClock``).
         on_outcome: Called with the outcome of each task added with :meth:`add` (a watch's
             tasks); waiters of :meth:`wait` get theirs directly.
-        on_fatal: Called once when the key is refused (401, 403): every task would fail
-            the same way, so no further outcome is reported.
+        on_fatal: Called once, with the error, when the key is refused (401, 403): every
+            task would fail the same way, so no further outcome is reported.
         fetch: What one poll does: ``await fetch(kind, task_id)`` returns the task and the
             server's poll-after hint. A GET through ``transport`` by default; benchmarks
             and tests put an in-memory one here to time the scheduler alone.
@@ -142,7 +142,7 @@ class Poller:
         on_update: Callable[[Task], object] | None = None,
         clock: Clock | None = None,
         on_outcome: Callable[[Outcome], object] | None = None,
-        on_fatal: Callable[[], object] | None = None,
+        on_fatal: Callable[[BaseException], object] | None = None,
         fetch: Fetch | None = None,
     ) -> None:
         if concurrency < 1:
@@ -177,6 +177,7 @@ class Poller:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Poller:
+        self._transport.open()  # on first use; a closed client refuses here, clearly
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         for index in range(self.concurrency):
@@ -202,17 +203,6 @@ class Poller:
     def now(self) -> float:
         """The current time on the poller's clock."""
         return self._clock.now()
-
-    @property
-    def fatal(self) -> BaseException | None:
-        """The refusal (401, 403) that stopped this poller's outcomes, if any."""
-        return self._fatal
-
-    def start_soon(self, func: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """Run ``func`` in the poller's task group (it is cancelled with the poller)."""
-        if self._tg is None:
-            raise RuntimeError("the poller is not running: use `async with client.poller()`")
-        self._tg.start_soon(func)
 
     def add(
         self,
@@ -502,7 +492,7 @@ class Poller:
         if self._fatal is None:
             self._fatal = exc
             if self._on_fatal_callback is not None:
-                self._on_fatal_callback()
+                self._on_fatal_callback(exc)
 
 
 def kind_of(task: object) -> Kind:

@@ -15,8 +15,8 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._body import read_limited
-from ._config import DEFAULT_WAIT_TIMEOUT
+from ._body import NOT_VIDEO_TYPES, read_limited
+from ._config import DEFAULT_WAIT_TIMEOUT, MESSAGE_EXCERPT_LIMIT
 from ._download import Downloader
 from ._errors import DownloadError, wrong_task_error
 from ._fetch import decode_answer
@@ -39,9 +39,6 @@ __all__ = ["Generations", "Videos"]
 
 _json_encode = msgspec.json.encode
 TaskT = TypeVar("TaskT", GenerationTask, Video)
-
-#: Content types that mean "an error message", not a video.
-_NOT_VIDEO_TYPES = ("application/json", "text/", "application/problem+json")
 
 
 def _check_text(value: object, name: str) -> str:
@@ -387,8 +384,8 @@ class Videos(_Resource[Video]):
             read_timeout=transport.timeouts.read,
         )
         try:
-            if resp.content_type.startswith(_NOT_VIDEO_TYPES):
-                text = await read_limited(resp, 2000, transport.timeouts.read)
+            if resp.content_type.startswith(NOT_VIDEO_TYPES):
+                text = await read_limited(resp, MESSAGE_EXCERPT_LIMIT, transport.timeouts.read)
                 raise DownloadError(
                     f"expected a video from {url.path} but got {resp.content_type}: "
                     f"{text.decode('utf-8', 'replace')!r}",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from ._config import CREATE_KEEPALIVE, POOL_KEEPALIVE
+from ._config import CREATE_KEEPALIVE, DNS_CACHE_TTL, POOL_KEEPALIVE
 
 __all__ = ["SSLSetting", "close_now", "make_sessions"]
 
@@ -41,7 +41,7 @@ def make_sessions(
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
-            ttl_dns_cache=300,
+            ttl_dns_cache=DNS_CACHE_TTL,
             ssl=verify,
             keepalive_timeout=keepalive,
         )

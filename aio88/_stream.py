@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import anyio
 
-from ._config import RetryPolicy
+from ._config import DOWNLOAD_BLOCK_SIZE, RetryPolicy
 from ._errors import APIConnectionError
 from ._failures import TRANSPORT_ERRORS, translate
 from ._retry import backoff_delay
@@ -31,7 +31,7 @@ class VideoContent:
     """
 
     #: The chunk size of ``async for``.
-    CHUNK_SIZE = 1024 * 1024
+    CHUNK_SIZE = DOWNLOAD_BLOCK_SIZE
 
     def __init__(
         self,

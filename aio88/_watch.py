@@ -10,10 +10,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._download import file_name_for
@@ -52,8 +54,10 @@ class Watch:
         kind: Kind,
         timeout: float | None,
         deadline: float,
+        fatal: list[BaseException],
     ) -> None:
         self._poller = poller
+        self._fatal_box = fatal  # the refusal that ended the stream, once there is one
         self._receive = receive
         self._send = send
         self._kind: Kind = kind
@@ -115,7 +119,7 @@ class Watch:
         """``count`` expected tasks will not come after all (their create failed)."""
         self._expected -= count
         self.pending -= count
-        self._send.send_nowait(_WAKE)  # an iteration waiting for them must see the change
+        _deliver(self._send, _WAKE)  # an iteration waiting for them must see the change
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return self
@@ -143,9 +147,7 @@ class Watch:
 
     def _fatal(self) -> BaseException:
         """The error that closed the stream (a refused key)."""
-        fatal = self._poller.fatal
-        assert fatal is not None
-        return fatal
+        return self._fatal_box[0]
 
     def stats(self) -> PollerStats:
         """The underlying poller's statistics."""
@@ -163,8 +165,6 @@ class DownloadQueue:
         deliver: Callable[[Outcome], object],
         concurrency: int,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"download_workers must be at least 1, got {concurrency}")
         self._download = download
         self._directory = directory
         self._deliver = deliver
@@ -211,9 +211,40 @@ class DownloadQueue:
             self._deliver(result)
 
 
+class PollerFactory(Protocol):
+    """Builds a watch's poller, given where its outcomes and a refused key go."""
+
+    def __call__(
+        self,
+        *,
+        on_outcome: Callable[[Outcome], object],
+        on_fatal: Callable[[BaseException], object],
+    ) -> Poller: ...
+
+
+def _deliver(send: MemoryObjectSendStream[Outcome], outcome: Outcome) -> None:
+    """Hand an outcome to the iteration, unless it has ended (a refused key ended it:
+    what finishes after that has nobody to go to)."""
+    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        send.send_nowait(outcome)
+
+
+@asynccontextmanager
+async def _background() -> AsyncIterator[TaskGroup]:
+    """A task group for work that runs until the block ends: cancelled then, and what
+    the block raised passes on as itself, not wrapped in an ExceptionGroup."""
+    tg = anyio.create_task_group()
+    await tg.__aenter__()
+    try:
+        yield tg
+    finally:
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(None, None, None)
+
+
 @asynccontextmanager
 async def open_watch(
-    make_poller: Callable[..., Poller],
+    make_poller: PollerFactory,
     ids: Iterable[str | Task],
     *,
     kind: Kind,
@@ -240,18 +271,25 @@ async def open_watch(
         raise ValueError(f"download_workers must be at least 1, got {download_workers}")
     # Unbounded: the poller must never block on a slow consumer (outcomes are small).
     send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
+    fatal: list[BaseException] = []
+
+    def deliver(outcome: Outcome) -> None:
+        _deliver(send, outcome)
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        send.close()  # the iteration raises it once what came before is read
+
     queue = (
         None
         if download_dir is None
-        else DownloadQueue(download, download_dir, send.send_nowait, download_workers)
+        else DownloadQueue(download, download_dir, deliver, download_workers)
     )
-    poller = make_poller(
-        on_outcome=send.send_nowait if queue is None else queue.route, on_fatal=send.close
-    )
-    async with poller, send, receive:
+    poller = make_poller(on_outcome=deliver if queue is None else queue.route, on_fatal=on_fatal)
+    async with poller, send, receive, _background() as background:
         if queue is not None:
-            poller.start_soon(queue.run)
+            background.start_soon(queue.run)
         deadline = math.inf if batch_timeout is None else poller.now() + batch_timeout
-        outcomes = Watch(poller, receive, send, kind, timeout, deadline)
+        outcomes = Watch(poller, receive, send, kind, timeout, deadline, fatal)
         outcomes.add(ids)
         yield outcomes

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from .. import Client
     from ._emulator import Emulator
 
-# The client and emulator are imported inside the fixtures: pytest loads this plugin
-# before coverage measurement starts, and only tests that use the fixtures need them.
+# The client itself is imported inside the fixtures: only tests that use them need it.
 
 #: Retries fast enough for tests: the policy's rules, none of its patience.
 FAST_RETRY = RetryPolicy(attempts=4, backoff_initial=0.01, backoff_max=0.05)

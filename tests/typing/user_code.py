@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+from typing_extensions import assert_type
 
 from aio88 import (
     APIConnectionError,
@@ -24,20 +25,32 @@ from aio88 import (
     TaskFailedError,
     Video,
     WaitTimeoutError,
+    Watch,
 )
 
 #: Where the examples put what they read (user code would show it).
 seen: list[object] = []
 
 
-async def web_backend(poller: Poller, video_id: str, generation_id: str) -> None:
-    """A web backend awaits tasks of both kinds on a long-lived poller."""
-    video: Video = await poller.wait(video_id, kind="video")
-    default_kind: Video = await poller.wait(video_id)
-    generation: GenerationTask = await poller.wait(generation_id, kind="generation")
-    again: Video = await poller.wait(video)
-    same: GenerationTask = await poller.wait(generation, timeout=30)
-    seen.extend([default_kind.url, again.progress, same.status.value])
+async def web_backend(client: Client, video_id: str, generation_id: str, kind: Kind) -> None:
+    """A web backend awaits tasks of both kinds on a long-lived poller: the result types
+    are exact (``assert_type`` fails on ``Any`` or a wider union)."""
+
+    def on_update(task: Task) -> None:
+        seen.append(task.progress)
+
+    async with client.poller(concurrency=16, on_update=on_update) as poller:
+        assert_type(poller, Poller)
+        video = await poller.wait(video_id, kind="video")
+        assert_type(video, Video)
+        assert_type(await poller.wait(video_id), Video)
+        generation = await poller.wait(generation_id, kind="generation")
+        assert_type(generation, GenerationTask)
+        assert_type(await poller.wait(video), Video)
+        assert_type(await poller.wait(generation, timeout=30), GenerationTask)
+        assert_type(await poller.wait(video_id, kind=kind), GenerationTask | Video)
+    assert_type(await client.videos.wait(video_id), Video)
+    assert_type(await client.generations.retrieve(generation_id), GenerationTask)
 
 
 async def handle_errors(client: Client, reference: FileInput) -> str | None:
@@ -48,14 +61,14 @@ async def handle_errors(client: Client, reference: FileInput) -> str | None:
         path: Path = await client.download(video, "fox.mp4")
         return str(path)
     except TaskFailedError as exc:
-        failed: Task = exc.task
-        return failed.error.message if failed.error else None
+        assert_type(exc.task, GenerationTask | Video)
+        return exc.task.error.message if exc.task.error else None
     except WaitTimeoutError as exc:
-        last: Task | None = exc.task
-        return last.id if last else None
+        assert_type(exc.task, GenerationTask | Video | None)
+        return exc.task.id if exc.task else None
     except DownloadError as exc:
-        where: Path | None = exc.path
-        return str(where)
+        assert_type(exc.path, Path | None)
+        return str(exc.path)
     except RateLimitError as exc:
         return f"retry after {exc.retry_after}"
     except (NotFoundError, APIConnectionError) as exc:
@@ -71,16 +84,22 @@ async def batch(ids: list[str], kind: Kind) -> list[Outcome]:
         async with client.watch(
             ids, kind=kind, schedule=Schedule.fixed(5), download_dir="videos"
         ) as outcomes:
+            assert_type(outcomes, Watch)
+            outcomes.expect(1)  # one more, still being created
+            created = await client.videos.create(prompt="one more")
+            outcomes.add([created], fresh=True)
             async for outcome in outcomes:
-                task: Task | None = outcome.task
-                saved: Path | None = outcome.path
-                seen.extend([outcome.ok, task, saved, outcomes.pending])
+                assert_type(outcome.task, GenerationTask | Video | None)
+                assert_type(outcome.path, Path | None)
+                if isinstance(outcome.error, TaskFailedError):
+                    seen.append(outcome.error.task.error)
+                seen.extend([outcome.ok, outcomes.pending])
                 results.append(outcome)
     return results
 
 
 async def stream(client: Client, video_id: str) -> int:
-    """Streaming a video with resume, through tracing and a proxy."""
+    """Streaming a video, resumed if the connection breaks."""
     size = 0
     async with client.videos.content(video_id, resume=True) as body:
         async for chunk in body:
