@@ -286,7 +286,7 @@ async def open_watch(
         else DownloadQueue(download, download_dir, deliver, download_workers)
     )
     poller = make_poller(on_outcome=deliver if queue is None else queue.route, on_fatal=on_fatal)
-    async with poller, send, receive, _background() as background:
+    async with send, receive, poller, _background() as background:
         if queue is not None:
             background.start_soon(queue.run)
         deadline = math.inf if batch_timeout is None else poller.now() + batch_timeout
