@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import Nginx, RawServerPool, StaticHttpServer, TestCA, TinyProxy, make_test_ca
+from servers import (
+    Nginx,
+    RawServerPool,
+    StaticHttpServer,
+    TestCA,
+    TinyProxy,
+    free_port,
+    make_test_ca,
+)
 
 #: What a raw server answers to a request (its raw bytes): the reply, or None to close.
 Answer = Callable[[bytes], bytes | None]
@@ -25,8 +33,6 @@ def anyio_backend() -> str:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port with nothing listening (free once the probe socket is closed)."""
-    from benchmarks._server import free_port
-
     return free_port()
 
 
@@ -49,16 +55,20 @@ BOTH_DIALECTS = pytest.mark.parametrize(
 class RawServers:
     """Loopback servers whose every request gets ``answer(request)``: the reply's bytes,
     or None to close at once. A reply saying ``Connection: close`` closes after it; one
-    containing ``HANG`` stays silent for 5 s."""
+    containing ``HANG`` stays silent until the client goes away or the server closes."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[object]] = set()
 
     async def start(self, answer: Answer) -> int:
         """Start a server; return its port."""
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
             try:
                 while True:
                     reply = answer(await reader.readuntil(b"\r\n\r\n"))
@@ -67,12 +77,16 @@ class RawServers:
                     writer.write(reply)
                     await writer.drain()
                     if b"HANG" in reply:
-                        await asyncio.sleep(5)
+                        while await reader.read(65536):  # silent until the client leaves
+                            pass
                     if b"Connection: close" in reply or b"HANG" in reply:
                         break
             except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
                 pass
+            except asyncio.CancelledError:
+                pass  # the server is closing
             finally:
+                self._connections.discard(task)
                 writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self.ssl_context)
@@ -80,9 +94,15 @@ class RawServers:
         return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        """Stop every server."""
+        """Stop every server and end the connections still open."""
         for server in self.servers:
             server.close()
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        if connections:
+            await asyncio.wait(connections, timeout=5)
+        for server in self.servers:
             await server.wait_closed()
 
 

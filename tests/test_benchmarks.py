@@ -1,67 +1,179 @@
-"""Every benchmark runs at a tiny size, so the scripts never rot. Nothing is timed here."""
+"""Every benchmark runs at a tiny size, so the scripts never rot. Nothing is timed here.
+
+The scripts run as they are run by hand, ``python -m benchmarks.<script>`` from the
+checkout: nothing in ``tests/`` imports ``benchmarks/``. They are skipped where there is no
+``benchmarks/`` (the sdist), and the ones that compare against openai-python when the
+``bench`` extra (openai, httpx-aiohttp) is not installed. Every selected run starts at once
+in the background of the module (see ``side_by_side.py``); each test checks its own.
+"""
 
 from __future__ import annotations
 
-from benchmarks import bench_scale, bench_schedule
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from side_by_side import SideBySide, side_by_side
+
+ROOT = Path(__file__).parent.parent
+
+pytestmark = [
+    pytest.mark.slow,  # each runs the script in its own process, some of them several
+    pytest.mark.timeout(90),  # ... and they all run at once
+    pytest.mark.skipif(
+        not (ROOT / "benchmarks" / "__init__.py").is_file(),
+        reason="needs the checkout's benchmarks/ folder (not shipped in the sdist)",
+    ),
+]
+
+#: The bench extra's modules that are not installed.
+MISSING = [name for name in ("openai", "httpx_aiohttp") if importlib.util.find_spec(name) is None]
+needs_bench_extra = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"needs the bench extra (pip install -e '.[bench]'): {', '.join(MISSING)} missing",
+)
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None, reason="the download benchmark needs nginx (.ci/run installs it)"
+)
 
 
-def test_bench_schedule_smoke() -> None:
+async def bench(script: str, *args: str) -> str:
+    """Run ``python -m benchmarks.<script> <args>`` from the checkout; its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIO88_")}
+    result = await anyio.run_process(
+        [sys.executable, "-m", f"benchmarks.{script}", *args], cwd=ROOT, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+    return result.stdout.decode()
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of every Markdown table in ``text``, as lists of cell texts."""
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("|") or set(line) <= set("|-: "):
+            continue
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("x"))
+
+
+#: What each test runs: ``(script, args)`` pairs, by test name.
+RUNS: dict[str, list[tuple[str, list[str]]]] = {
+    "test_bench_schedule_smoke": [
+        ("bench_schedule", ["--tasks", "20", "--seed", "1", "--json"]),
+        ("bench_schedule", ["--tasks", "5"]),
+    ],
+    "test_bench_scale_smoke": [
+        ("bench_scale", ["--sizes", "200", "--json"]),
+        ("bench_scale", ["--sizes", "50"]),
+    ],
+    "test_bench_decode_smoke": [
+        ("bench_decode", ["--number", "20", "--json"]),
+        ("bench_decode", ["--number", "20"]),
+    ],
+    "test_bench_download_smoke": [
+        (
+            "bench_download",
+            [
+                *("--sizes", "1", "--rounds", "1", "--chunks", str(1 << 20)),
+                *("--clients", "aio88", "openai-default", "aio88-session"),
+            ],
+        )
+    ],
+    "test_bench_poll_smoke": [("bench_poll", ["-n", "50", "-c", "8", "--rounds", "1"])],
+}
+
+
+def runs_of(name: str) -> Callable[[], Awaitable[list[str]]]:
+    """The test's runs, one after the other: their outputs."""
+
+    async def run() -> list[str]:
+        return [await bench(script, *args) for script, args in RUNS[name]]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+async def outputs(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[SideBySide]:
+    """Every selected test's runs, started at once in the background."""
+    selected = {
+        item.name
+        for item in request.session.items
+        if item.path == request.path
+        and not any(mark.args and mark.args[0] for mark in item.iter_markers("skipif"))
+    }
+    async with side_by_side() as background:
+        for name in RUNS:
+            if name in selected:
+                background.start(name, runs_of(name))
+        yield background
+
+
+async def test_bench_schedule_smoke(outputs: SideBySide) -> None:
     """The schedule simulation runs every policy and model and renders its table."""
-    results = bench_schedule.run(20, seed=1)
-    assert {r.model for r in results} == {"linear", "curved", "stepped", "none"}
-    assert all(r.requests_per_task >= 1 and r.mean_delay >= 0 for r in results)
-    assert "docs tiers" in bench_schedule.table(results)
+    report, table = await outputs.result("test_bench_schedule_smoke")
+    results = json.loads(report)
+    assert {r["model"] for r in results} == {"linear", "curved", "stepped", "none"}
+    assert all(r["requests_per_task"] >= 1 and r["mean_delay"] >= 0 for r in results)
+    assert "docs tiers" in table and "requests/task" in table
 
 
-async def test_bench_scale_smoke() -> None:
+async def test_bench_scale_smoke(outputs: SideBySide) -> None:
     """The scale benchmark measures memory and scheduler CPU at a small size."""
-    results = await bench_scale.run([200])
+    report, table = await outputs.result("test_bench_scale_smoke")
+    results = json.loads(report)
     assert results[0]["bytes_per_task"] > 0
     assert results[0]["polls"] == 600
-    assert "tracked tasks" in bench_scale.table(results)
+    assert "tracked tasks" in table
 
 
-def test_bench_schedule_cli(capsys: object) -> None:
-    """The command line prints the table."""
-    bench_schedule.main(["--tasks", "5"])
-    bench_scale.main(["--sizes", "50", "--json"])
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
-    assert "requests/task" in out and '"bytes_per_task"' in out
-
-
-def test_bench_download_smoke() -> None:
-    """The download benchmark runs every client once on a tiny file and checks each copy."""
-    import shutil
-
-    import pytest
-
-    from benchmarks import bench_download
-
-    if not shutil.which("nginx"):
-        pytest.skip("the download benchmark needs nginx (CI installs it)")
-    report = bench_download.run(
-        [1], rounds=1, chunks=[1 << 20], clients=["aio88", "openai-default", "aio88-session"]
-    )
-    clients = {row["client"] for row in report["rows"]}
-    assert clients == {"aio88", "openai-default", "aio88-session"}
-    assert report["sweep"][0]["mb_s"] > 0
-    assert "MB/s" in bench_download.table(report)
-
-
-def test_bench_poll_smoke() -> None:
-    """The poll benchmark runs every client (nginx, or the emulator when it is missing)."""
-    from benchmarks import bench_poll
-
-    report = bench_poll.run(50, 8, 1, bench_poll.CLIENTS)
-    assert {row["client"] for row in report["rows"]} == set(bench_poll.CLIENTS)
-    assert all(row["requests_per_s"] > 0 for row in report["rows"])
-    assert "aio88 is faster by" in bench_poll.table(report)
-
-
-def test_bench_decode_smoke() -> None:
+@needs_bench_extra
+async def test_bench_decode_smoke(outputs: SideBySide) -> None:
     """The decode benchmark times every shape with every decoder."""
-    from benchmarks import bench_decode
+    report, table = await outputs.result("test_bench_decode_smoke")
+    rows = json.loads(report)
+    shapes = [r["shape"] for r in rows]
+    assert len(shapes) == len(set(shapes)) >= 4
+    assert all(r["aio88"] > 0 and r["json.loads"] > 0 for r in rows)
+    assert any("json.loads + openai Video" in r for r in rows)
+    assert "aio88 vs openai" in table
+    assert [row[0] for row in table_rows(table)[1:]] == shapes
 
-    rows = bench_decode.run(20)
-    assert [r["shape"] for r in rows] == list(bench_decode.BODIES)
-    assert "aio88 vs openai" in bench_decode.table(rows)
+
+@needs_bench_extra
+@needs_nginx
+async def test_bench_download_smoke(outputs: SideBySide) -> None:
+    """The download benchmark runs every client once on a tiny file and checks each copy."""
+    [table] = await outputs.result("test_bench_download_smoke")
+    assert "MB/s" in table
+    rows = table_rows(table)
+    by_client = [row for row in rows if row[0] == "1 MiB"]
+    assert {row[1] for row in by_client} == {"aio88", "openai-default", "aio88-session"}
+    assert all(number(row[2]) > 0 for row in by_client)  # best MB/s
+    [sweep] = [row for row in rows if row[0] == "1024 KiB"]
+    assert number(sweep[1]) > 0
+
+
+@needs_bench_extra
+async def test_bench_poll_smoke(outputs: SideBySide) -> None:
+    """The poll benchmark runs every client (nginx, or the emulator when it is missing)."""
+    [table] = await outputs.result("test_bench_poll_smoke")
+    assert "aio88 is faster by" in table
+    rows = table_rows(table)[1:]  # past the header row
+    assert {row[0] for row in rows} == {
+        "aio88",
+        "openai-default",
+        "openai-aiohttp",
+        "aiohttp-plain",
+    }
+    assert all(number(row[1]) > 0 for row in rows)  # requests/s

@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 from conftest import BOTH_DIALECTS
+from servers import RawServerPool, http_reply, task_id_of, task_json
 
 import aio88
 from aio88 import (
@@ -18,6 +20,7 @@ from aio88 import (
     BadRequestError,
     Client,
     DownloadError,
+    FileInput,
     GenerationTask,
     InternalServerError,
     NotFoundError,
@@ -133,11 +136,10 @@ async def test_video_create_multipart(
     """input_reference as a path, bytes or file goes multipart; metadata as a JSON string."""
     image = tmp_path / "ref.png"
     image.write_bytes(PNG)
-    value: object = {"path": image, "bytes": PNG, "file": io.BytesIO(PNG)}[reference]
+    sources: dict[str, FileInput] = {"path": image, "bytes": PNG, "file": io.BytesIO(PNG)}
+    value = sources[reference]
     video = await aio88_client.videos.create(
-        prompt="animate",
-        input_reference=value,
-        metadata={"watermark": False},  # type: ignore[arg-type]
+        prompt="animate", input_reference=value, metadata={"watermark": False}
     )
     task = aio88_emulator.tasks[video.id]
     assert task.request["metadata"] == {"watermark": False}  # parsed from the JSON string
@@ -376,13 +378,18 @@ async def test_no_authorization_to_the_second_origin() -> None:
         assert media.origin == "media" and media.authorization is None
 
 
-async def test_credentials_only_for_the_api_origin(aio88_client: Client) -> None:
-    """Another origin (a vendor URL) gets no Authorization header."""
-    from yarl import URL
-
-    transport = aio88_client._transport
-    assert "Authorization" in transport.headers_for(URL(aio88_client.base_url + "/v1/x"))[0]
-    assert "Authorization" not in transport.headers_for(URL("https://cdn.example/v.mp4"))[0]
+@pytest.mark.aio88_emulator(duration=None, dialect="newapi")
+async def test_credentials_only_for_the_api_origin(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """Another origin (a vendor URL) gets no Authorization header; the API's gets it."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    task = await aio88_client.videos.retrieve(task_id)
+    assert task.url is not None and task.url.startswith(aio88_emulator.media_url)
+    await aio88_client.download(task.url, tmp_path / "v.mp4")  # a plain URL elsewhere
+    api, media = aio88_emulator.requests
+    assert api.origin == "api" and api.authorization == "Bearer sk-test"
+    assert media.origin == "media" and media.authorization is None and media.status == 200
 
 
 async def test_json_where_video_expected(aio88_client: Client, aio88_emulator: Emulator) -> None:
@@ -441,18 +448,27 @@ async def test_first_use_opens_the_client(aio88_emulator: Emulator) -> None:
     await client.aclose()
 
 
-async def test_unclosed_client_warns_and_frees_its_sockets(aio88_emulator: Emulator) -> None:
-    """An abandoned open client warns once, in aio88's words, and leaks no session."""
+async def test_unclosed_client_warns_and_frees_its_sockets(raw_servers: RawServerPool) -> None:
+    """An abandoned open client warns once, in aio88's words, and leaks no session: its
+    connection is closed (the server sees it go) and aiohttp has nothing to warn about."""
     import gc
 
-    client = Client("sk-test", base_url=aio88_emulator.base_url)
-    await client.videos.retrieve(aio88_emulator.add_task())
-    session = client._transport.session
-    assert session is not None
-    with pytest.warns(ResourceWarning, match="aio88.Client was never closed"):
+    server = await raw_servers.start(
+        lambda request: http_reply(task_json(task_id_of(request), "queued"))
+    )
+    client = Client("sk-test", base_url=server.base_url)
+    await client.videos.retrieve("task_1")
+    assert server.open_connections == 1  # kept alive in the client's pool
+    with pytest.warns(ResourceWarning) as warned:
         del client
         gc.collect()
-    assert session.closed
+    assert [str(w.message) for w in warned] == [
+        "an aio88.Client was never closed; use `async with Client() as client:` "
+        "or `await client.aclose()`"
+    ]
+    with anyio.fail_after(5):
+        while server.open_connections:  # noqa: ASYNC110 - the server counts, no event
+            await anyio.sleep(0.01)
 
 
 async def test_callers_session_is_left_open(aio88_emulator: Emulator) -> None:
@@ -471,14 +487,19 @@ def test_missing_key_names_the_variable() -> None:
         Client("   ")
 
 
-def test_environment_configures_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_environment_configures_the_client(
+    monkeypatch: pytest.MonkeyPatch, aio88_emulator: Emulator
+) -> None:
     """AIO88_API_KEY and AIO88_BASE_URL are read when no arguments are given."""
     monkeypatch.setenv("AIO88_API_KEY", "sk-env")
     monkeypatch.setenv("AIO88_BASE_URL", "http://127.0.0.1:9/prefix/")
-    client = Client()
-    assert client.base_url == "http://127.0.0.1:9/prefix"
-    assert client._transport._api_headers["Authorization"] == "Bearer sk-env"
+    assert Client().base_url == "http://127.0.0.1:9/prefix"
     assert Client("k").base_url == "http://127.0.0.1:9/prefix"
+    monkeypatch.setenv("AIO88_BASE_URL", aio88_emulator.base_url)
+    async with Client() as client:
+        with pytest.raises(AuthenticationError):  # the emulator takes sk-test only
+            await client.videos.retrieve("task_x")
+    assert [r.authorization for r in aio88_emulator.requests] == ["Bearer sk-env"]
     monkeypatch.delenv("AIO88_BASE_URL")
     assert Client("k").base_url == "https://88api.ai"
 
@@ -560,8 +581,9 @@ async def test_wait_raises_on_failure(aio88_client: Client, aio88_emulator: Emul
     aio88_emulator.fail(task_id, "content policy")
     with pytest.raises(TaskFailedError, match="content policy") as caught:
         await aio88_client.generations.wait(task_id, schedule=FAST_POLL)
-    assert caught.value.task.status is Status.FAILED
-    assert caught.value.task.error.message == "content policy"
+    failed = caught.value.task
+    assert failed.status is Status.FAILED
+    assert failed.error is not None and failed.error.message == "content policy"
 
 
 async def test_wait_times_out_with_last_task(

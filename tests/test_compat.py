@@ -194,7 +194,7 @@ async def test_silent_server_times_out_per_read_timeout(raw_servers: RawServerPo
             await conn.wait_for_close()
 
     server = await raw_servers.start(handler=silent)
-    timeouts = Timeouts(connect=0.5, read=0.3, total=None)
+    timeouts = Timeouts(connect=0.25, read=0.15, total=None)
     retry = RetryPolicy(attempts=2, backoff_initial=0.01, backoff_max=0.02)
     async with make_client(server.base_url, timeouts=timeouts, retry=retry) as client, guard():
         with pytest.raises(APITimeoutError):
@@ -400,6 +400,7 @@ async def test_polls_survive_idle_and_exhausted_connections(nginx: Nginx) -> Non
     assert len({e.connection for e in entries}) >= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gap", ["idle", "busy"])
 async def test_create_after_a_gap_goes_on_a_live_connection(nginx: Nginx, gap: str) -> None:
     """A create after 1.2 s without traffic (nginx closed the pooled connection at 1 s)
@@ -972,7 +973,7 @@ async def test_proxy_silent_after_connect_times_out(raw_servers: RawServerPool, 
         KEY,
         base_url=f"https://127.0.0.1:{free_port()}",
         proxy=proxy.base_url,
-        timeouts=Timeouts(connect=0.5, read=0.5),
+        timeouts=Timeouts(connect=0.25, read=0.25),
         retry=RetryPolicy(attempts=1),
     )
     async with client:

@@ -9,17 +9,23 @@ the code.
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
 import os
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from side_by_side import SideBySide, side_by_side
 
 from aio88.testing import Emulator
 
 ROOT = Path(__file__).parent.parent
+if not (ROOT / "docs").is_dir():  # a source tree without docs/ (the sdist ships them)
+    pytest.skip(f"needs the docs/ folder beside tests/ ({ROOT / 'docs'})", allow_module_level=True)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(python|py)\n(.*?)^```", re.M | re.S)
 
@@ -49,29 +55,79 @@ def test_fragments_parse(name: str, code: str) -> None:
     compile(code, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
-@pytest.mark.parametrize(("name", "code"), PROGRAMS, ids=[n for n, _ in PROGRAMS])
-async def test_programs_run(name: str, code: str, tmp_path: Path) -> None:
-    """Each program runs to completion against the emulator, in a fresh process."""
-    async with Emulator(duration=(0.05, 0.2), dialect="newapi") as emu:
+async def run_program(name: str, code: str, folder: Path) -> tuple[int, str]:
+    """Run one program in a fresh process against its own emulator; exit code, errors.
+
+    The emulator sends a poll hint (``openai-poll-after-ms``), which the client's default
+    schedule follows down to its floor (1 s), so the programs do not wait out the docs'
+    5-second tier; their code is as printed.
+    """
+    async with Emulator(duration=(0.05, 0.2), dialect="newapi", poll_after_ms=50) as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIO88_")}
         env.update(AIO88_API_KEY=emu.api_key, AIO88_BASE_URL=emu.base_url)
-        script = tmp_path / "program.py"
+        script = folder / "program.py"
         script.write_text(code)
         result = await anyio.run_process(
-            [sys.executable, str(script)], cwd=tmp_path, env=env, check=False
+            [sys.executable, str(script)], cwd=folder, env=env, check=False
         )
-    assert result.returncode == 0, f"{name} failed:\n{result.stderr.decode()[-2000:]}"
+    return result.returncode, result.stderr.decode(errors="replace")
+
+
+async def type_check(folder: Path) -> tuple[int, str]:
+    """``mypy --strict`` over the docs' programs and examples, in its own process (it is
+    big; in-process it would also hold up the interpreter's exit). Exit code, output."""
+    for name, code in PROGRAMS:
+        stem = re.sub(r"[^a-z0-9]+", "_", name.lower())
+        (folder / f"{stem}.py").write_text(code)
+    for example in (ROOT / "docs" / "examples").glob("*.py"):
+        (folder / example.name).write_text(example.read_text())
+    result = await anyio.run_process(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(folder)],
+        cwd=ROOT,
+        check=False,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+
+#: Whether mypy (the dev extra) is installed.
+HAS_MYPY = importlib.util.find_spec("mypy") is not None
+
+
+@pytest.fixture(scope="module")
+async def programs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, anyio_backend: str
+) -> AsyncIterator[SideBySide]:
+    """Every selected program, and the type check, started at once in the background
+    (they mostly wait, the type check on another core)."""
+    selected = {
+        item.callspec.params["name"] if hasattr(item, "callspec") else item.name
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.path == request.path
+    }
+    async with side_by_side() as background:
+        if HAS_MYPY and "test_programs_type_check" in selected:
+            folder = tmp_path_factory.mktemp("typed")
+            background.start("mypy", functools.partial(type_check, folder))
+        for name, code in PROGRAMS:
+            if name in selected:
+                folder = tmp_path_factory.mktemp("program")
+                background.start(name, functools.partial(run_program, name, code, folder))
+        yield background
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)  # waits for a program that runs beside the others
+@pytest.mark.parametrize(("name", "code"), PROGRAMS, ids=[n for n, _ in PROGRAMS])
+async def test_programs_run(name: str, code: str, programs: SideBySide) -> None:
+    """Each program runs to completion against the emulator, in a fresh process."""
+    returncode, errors = await programs.result(name)
+    assert returncode == 0, f"{name} failed:\n{errors[-2000:]}"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_programs_type_check(tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAS_MYPY, reason="needs mypy (the dev extra)")
+async def test_programs_type_check(programs: SideBySide) -> None:
     """The docs' programs and examples pass ``mypy --strict``, as users' code would."""
-    mypy = pytest.importorskip("mypy.api")
-    for name, code in PROGRAMS:
-        stem = re.sub(r"[^a-z0-9]+", "_", name.lower())
-        (tmp_path / f"{stem}.py").write_text(code)
-    for example in (ROOT / "docs" / "examples").glob("*.py"):
-        (tmp_path / example.name).write_text(example.read_text())
-    out, err, status = mypy.run(["--strict", "--no-incremental", str(tmp_path)])
-    assert status == 0, out + err
+    status, output = await programs.result("mypy")
+    assert status == 0, output

@@ -276,7 +276,7 @@ def test_command_line_starts_the_emulator() -> None:
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         assert proc.wait(timeout=10) == 0
-        if proc.stdout:
+        if proc.stdout is not None:
             proc.stdout.close()
 
 

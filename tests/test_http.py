@@ -12,8 +12,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aio88 import APIConnectionError, APITimeoutError, Client, NotFoundError
-from aio88._fetch import poll_hint
 from aio88._failures import translate
+from aio88._fetch import poll_hint
 from aio88._proxies import Proxies
 from aio88._resources import _sniff_image_type
 from aio88.testing import Emulator
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.aio88_emulator(duration=None)
 
 def _connector_error() -> aiohttp.ClientConnectorError:
     key = type("Key", (), {"host": "h", "port": 1, "ssl": False})()
-    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))  # type: ignore[arg-type]
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
 
 
 @pytest.mark.parametrize(

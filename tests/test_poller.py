@@ -6,6 +6,8 @@ import asyncio
 import collections
 import itertools
 import math
+import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -15,10 +17,11 @@ from aio88 import (
     Client,
     NotFoundError,
     Outcome,
-    Poller,
+    PollerStats,
     Schedule,
     Status,
     TaskFailedError,
+    Video,
     WaitTimeoutError,
 )
 from aio88._schedule import estimate_eta
@@ -32,16 +35,40 @@ async def collect(outcomes: object) -> list[Outcome]:
     return [o async for o in outcomes]  # type: ignore[attr-defined]
 
 
-async def settle(poller: Poller, clock: ManualClock) -> None:
-    """Let the poller finish what is due now: nothing in flight, the leader asleep."""
-    for _ in range(2000):
-        await anyio.sleep(0.001)
-        idle = poller._in_flight == 0 and poller._sleep_scope is not None
-        if idle and (not poller._heap or poller._heap[0][0] > clock.now()):
-            return
-    raise AssertionError("the poller did not settle")  # pragma: no cover
+class WatchedClock(ManualClock):
+    """A manual clock that knows who sleeps on it and until when. The poller's leader
+    sleeps on it until the next poll is due, so a test can tell that the poller is idle
+    (:func:`settle`) without looking inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeping: list[float] = []
+        """The deadline of every sleeper, in no order."""
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeping.append(deadline)
+        try:
+            await super().sleep_until(deadline)
+        finally:
+            self.sleeping.remove(deadline)
 
 
+async def settle(stats: Callable[[], PollerStats], clock: WatchedClock) -> None:
+    """Let the poller finish what is due now: nothing in flight, and everyone who sleeps
+    on the clock (the leader among them) sleeping until later than now, for a few turns
+    of the event loop in a row with the same number of polls (a leader just woken takes
+    a turn or two to pick up what is due)."""
+    calm, polls = 0, stats().polls
+    with anyio.fail_after(10):
+        while calm < 4:
+            await (asyncio.sleep(0) if calm else asyncio.sleep(0.001))
+            now, seen = clock.now(), stats()
+            idle = seen.in_flight == 0 and clock.sleeping and min(clock.sleeping) > now
+            calm = calm + 1 if idle and seen.polls == polls else 0
+            polls = seen.polls
+
+
+@pytest.mark.slow
 async def test_two_thousand_tasks_at_concurrency_32() -> None:
     """2,000 tasks: never more than 32 requests in flight, each id once, outcomes right."""
     async with Emulator(duration=(0.05, 0.4), faults=Faults(latency=0.01), seed=11) as emu:
@@ -74,23 +101,24 @@ async def test_two_thousand_tasks_at_concurrency_32() -> None:
 
 
 async def test_rate_limit_caps_requests_per_second() -> None:
-    """With rate_limit=50, no one-second window of the server's log holds more than the
-    rate plus the bucket's burst."""
+    """With rate_limit=50 (a bucket of 50 tokens refilled at 50/s), the k-th request to
+    reach the server arrives no earlier than the bucket allows: (k - 50) / 50 s after the
+    client was made. Only lower bounds on time: a slow machine only makes them easier."""
+    rate = burst = 50
+    count = 80
     async with Emulator(duration=None) as emu:
-        ids = [emu.add_task(status="succeeded") for _ in range(150)]
-        async with Client("sk-test", base_url=emu.base_url, rate_limit=50) as client:
+        ids = [emu.add_task(status="succeeded") for _ in range(count)]
+        started = time.monotonic()  # the emulator logs arrivals on this clock too
+        async with Client("sk-test", base_url=emu.base_url, rate_limit=rate) as client:
             async with client.watch(ids, concurrency=64) as outcomes:
-                assert len(await collect(outcomes)) == 150
-        times = sorted(r.at for r in emu.requests)
-    burst = 50
-    window_max = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
-    # The bucket holds on send times; the server logs arrivals, which jitter by a few
-    # milliseconds (the burst arrives spread out), hence a little slack.
-    assert window_max <= 50 + burst + 5
-    # Past the burst, the bucket paces: the last request is at least (150-50)/50 s in.
-    assert times[-1] - times[0] >= (150 - burst) / 50 * 0.95
+                assert len(await collect(outcomes)) == count
+        arrivals = sorted(r.at - started for r in emu.requests)
+    assert len(arrivals) == count
+    for k, arrived in enumerate(arrivals, start=1):
+        assert arrived >= (k - burst) / rate - 1e-3, (k, arrived)
 
 
+@pytest.mark.slow
 async def test_429_storm_backs_off_for_everyone_and_finishes() -> None:
     """A quarter of requests answered 429 (no Retry-After): the batch still completes,
     and the poller lowers its concurrency while it lasts."""
@@ -99,7 +127,7 @@ async def test_429_storm_backs_off_for_everyone_and_finishes() -> None:
         ids = [emu.add_task(status="succeeded") for _ in range(300)]
         async with Client("sk-test", base_url=emu.base_url, retry=FAST_RETRY) as client:
             lowest = math.inf
-            async with client.watch(ids, concurrency=32) as outcomes:
+            async with client.watch(ids, concurrency=32, schedule=FAST) as outcomes:
                 results = []
                 async for outcome in outcomes:
                     results.append(outcome)
@@ -112,24 +140,23 @@ async def test_429_storm_backs_off_for_everyone_and_finishes() -> None:
 
 async def test_per_task_deadline_under_manual_clock() -> None:
     """A task still running at its deadline times out then, not before; no real sleeping."""
-    clock = ManualClock()
+    clock = WatchedClock()
     async with Emulator(clock=clock, duration=None) as emu:
         slow, quick = emu.add_task(), emu.add_task()
         async with (
             Client("sk-test", base_url=emu.base_url) as client,
             client.watch([slow, quick], timeout=600, clock=clock) as outcomes,
         ):
-            poller = outcomes._poller
-            await settle(poller, clock)
+            await settle(outcomes.stats, clock)
             emu.complete(quick)
             clock.advance(599)
-            await settle(poller, clock)
+            await settle(outcomes.stats, clock)
             first = await outcomes.__anext__()
             assert first.id == quick and first.ok
             assert outcomes.pending == 1
             clock.advance(0.5)
-            await settle(poller, clock)
-            assert outcomes._receive.statistics().current_buffer_used == 0  # not yet
+            await settle(outcomes.stats, clock)
+            assert outcomes.stats().finished == 1  # the slow one: not yet
             clock.advance(1)
             second = await outcomes.__anext__()
     assert second.id == slow
@@ -140,14 +167,14 @@ async def test_per_task_deadline_under_manual_clock() -> None:
 
 async def test_batch_deadline_under_manual_clock() -> None:
     """batch_timeout ends every task still out at that moment."""
-    clock = ManualClock()
+    clock = WatchedClock()
     async with Emulator(clock=clock, duration=None) as emu:
         ids = [emu.add_task() for _ in range(5)]
         async with (
             Client("sk-test", base_url=emu.base_url) as client,
             client.watch(ids, timeout=None, batch_timeout=60, clock=clock) as outcomes,
         ):
-            await settle(outcomes._poller, clock)
+            await settle(outcomes.stats, clock)
             clock.advance(61)
             results = await collect(outcomes)
     assert sorted(o.id for o in results) == sorted(ids)
@@ -156,16 +183,15 @@ async def test_batch_deadline_under_manual_clock() -> None:
 
 async def test_schedule_is_followed_under_manual_clock() -> None:
     """Polls come at the docs' tiers: immediately, then ~5 s apart (±10 %) while young."""
-    clock = ManualClock()
+    clock = WatchedClock()
     async with Emulator(clock=clock, duration=None, dialect="docs") as emu:
         task_id = emu.add_task("generation")  # the docs' generation shape has no progress
         async with (
             Client("sk-test", base_url=emu.base_url) as client,
             client.watch([task_id], kind="generation", clock=clock) as outcomes,
         ):
-            poller = outcomes._poller
             for _ in range(40):
-                await settle(poller, clock)
+                await settle(outcomes.stats, clock)
                 clock.advance(1)
             emu.complete(task_id)
             clock.advance(10)
@@ -181,7 +207,7 @@ async def test_schedule_is_followed_under_manual_clock() -> None:
 async def test_progress_lets_the_poller_skip_ahead() -> None:
     """With linear progress, the poller polls near the estimated finish: fewer polls than
     the docs' tiers, and the finish is seen soon after it happens."""
-    clock = ManualClock()
+    clock = WatchedClock()
     async with Emulator(clock=clock, duration=(300.0, 300.0), dialect="newapi", seed=2) as emu:
         task_id = emu.add_task("video")
         finish = emu.tasks[task_id].finished_at()
@@ -190,9 +216,8 @@ async def test_progress_lets_the_poller_skip_ahead() -> None:
             Client("sk-test", base_url=emu.base_url) as client,
             client.watch([task_id], clock=clock) as outcomes,
         ):
-            poller = outcomes._poller
-            while not outcomes._receive.statistics().current_buffer_used:
-                await settle(poller, clock)
+            while not outcomes.stats().finished:
+                await settle(outcomes.stats, clock)
                 clock.advance(0.5)
             [outcome] = await collect(outcomes)
     assert outcome.ok
@@ -211,11 +236,12 @@ async def test_hundred_waiters_share_one_poll_stream(aio88_emulator: Emulator) -
     """100 concurrent waits on one id cause one stream of polls; cancelling one waiter
     leaves the other 99 served."""
     task_id = aio88_emulator.add_task()
+    clock = WatchedClock()
     async with (
         Client("sk-test", base_url=aio88_emulator.base_url) as client,
-        client.poller(schedule=FAST) as poller,
+        client.poller(schedule=FAST, clock=clock) as poller,
     ):
-        results: list[object] = []
+        results: list[Video] = []
 
         async def waiter() -> None:
             results.append(await poller.wait(task_id))
@@ -223,29 +249,40 @@ async def test_hundred_waiters_share_one_poll_stream(aio88_emulator: Emulator) -
         async with anyio.create_task_group() as tg:
             for _ in range(99):
                 tg.start_soon(waiter)
-            with anyio.move_on_after(0.05) as cancelled_one:
-                await poller.wait(task_id)
-            assert cancelled_one.cancelled_caught
+            async with anyio.create_task_group() as leaving:
+                leaving.start_soon(poller.wait, task_id)  # the 100th waiter, who leaves
+                await settle(poller.stats, clock)  # the first poll is done; 100 wait
+                leaving.cancel_scope.cancel()
             assert poller.stats().tracked == 1  # the others keep it tracked
-            await anyio.sleep(0.1)
+            assert poller.stats().polls == 1
             aio88_emulator.complete(task_id)
+            clock.advance(0.02)  # FAST's interval: the stream's next poll
     assert len(results) == 99
-    assert all(r.status is Status.SUCCEEDED for r in results)  # type: ignore[attr-defined]
-    polls = aio88_emulator.count("GET", f"/v1/videos/{task_id}")
-    assert polls < 20  # one stream at 20 ms for ~0.15 s, not 100 streams
+    assert all(r.status is Status.SUCCEEDED for r in results)
+    assert aio88_emulator.count("GET", f"/v1/videos/{task_id}") == 2  # one stream
 
 
 async def test_last_waiter_leaving_stops_polling(aio88_emulator: Emulator) -> None:
     """When every waiter of an id has gone, the poller forgets it."""
     task_id = aio88_emulator.add_task()
+    clock = WatchedClock()
     async with Client("sk-test", base_url=aio88_emulator.base_url) as client:
-        async with client.poller(schedule=FAST) as poller:
-            with pytest.raises(WaitTimeoutError):
-                await poller.wait(task_id, timeout=0.05)
+        async with client.poller(schedule=FAST, clock=clock) as poller:
+            async with anyio.create_task_group() as tg:
+
+                async def leaves_at_its_deadline() -> None:
+                    with pytest.raises(WaitTimeoutError):
+                        await poller.wait(task_id, timeout=0.01)  # before the next poll
+
+                tg.start_soon(leaves_at_its_deadline)
+                await settle(poller.stats, clock)
+                assert poller.stats().polls == 1
+                clock.advance(0.01)
             assert poller.stats().tracked == 0
-            polls = aio88_emulator.count("GET")
-            await anyio.sleep(0.1)
-            assert aio88_emulator.count("GET") == polls
+            clock.advance(1)  # fifty of FAST's intervals
+            await settle(poller.stats, clock)
+            assert poller.stats().polls == 1
+    assert aio88_emulator.count("GET") == 1
 
 
 async def test_poller_wait_outcomes(aio88_emulator: Emulator) -> None:
@@ -359,7 +396,7 @@ async def test_transient_errors_are_retried_until_success(aio88_emulator: Emulat
 def test_concurrency_must_be_positive() -> None:
     """A poller needs at least one slot."""
     with pytest.raises(ValueError, match="concurrency"):
-        Poller(Client("k"), concurrency=0)
+        Client("k").poller(concurrency=0)
 
 
 @pytest.mark.parametrize(
