@@ -30,8 +30,9 @@ from ._errors import (
     APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
+    WaitTimeoutError,
 )
-from ._ledger import Job, Ledger
+from ._ledger import Job, Ledger, LedgerBusyError
 from ._models import GenerationTask, Kind, Status, Video
 from ._outcome import Outcome
 from ._schedule import Schedule
@@ -430,9 +431,22 @@ async def _run_jobs(
     videos = out / "videos"
     results: list[Outcome] = []
 
+    timed_out = 0
+
     def record(outcome: Outcome) -> None:
+        nonlocal timed_out
         key = ledger.key_of_task(outcome.id)
         if key is None:
+            return
+        if isinstance(outcome.error, WaitTimeoutError):
+            # Not a verdict on the task: it may finish (and is paid for). It stays
+            # submitted, so the next run polls it again.
+            timed_out += 1
+            ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
+            printer.event(
+                "timed_out", key=key, id=outcome.id, error="still running; rerun to poll again"
+            )
+            results.append(outcome)
             return
         if outcome.ok:
             ledger.set_state(key, "downloaded", path=str(outcome.path))
@@ -504,9 +518,16 @@ async def _run_jobs(
             if fatal:
                 raise fatal[0]
     counts = ledger.counts()
+    if timed_out:
+        print(
+            f"aio88: {timed_out} task(s) still running at --timeout {args.timeout:g}s; they stay "
+            "in the ledger: rerun the same command to poll and download them",
+            file=sys.stderr,
+        )
     printer.summary(
         jobs=sum(counts.values()),
         **{state: counts[state] for state in sorted(counts)},
+        timed_out=timed_out,
         seconds=f"{time.monotonic() - tally.started:.1f}",
         bytes=f"{tally.bytes:,}",
         files=str(videos),
@@ -519,7 +540,7 @@ def ledger_status(folder: Path, printer: Printer) -> int:
     """``aio88 run --status DIR``: summarise a ledger without touching the network."""
     if not (folder / Ledger.FILE_NAME).exists():
         raise UsageError(f"no ledger in {folder} (looked for {Ledger.FILE_NAME})")
-    ledger = Ledger(folder)
+    ledger = Ledger(folder, lock=False)  # reading only: a run may be going on
     try:
         for job in ledger.jobs():
             if job.state != "downloaded":
@@ -751,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.jobs or not args.out:
                 raise UsageError("aio88 run needs JOBS.jsonl and --out DIR (or --status DIR)")
         return int(anyio.run(COMMANDS[args.command], args, printer))
-    except UsageError as exc:
+    except (UsageError, LedgerBusyError) as exc:
         print(f"aio88: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as exc:  # configuration: no API key, a bad base URL

@@ -6,6 +6,8 @@ Every job moves through these states, each committed before the next step is tak
                         \\-> ``unconfirmed`` (the create may have reached the server)
                         \\-> ``rejected`` (the server refused it: nothing billed)
                                  ``submitted`` -> ``failed`` (the task failed)
+                                 ``submitted`` stays, shown ``timed out``, when the task was
+                                 still running at ``--timeout``: a rerun polls it again
 
 A job is recorded as ``submitting`` and committed *before* its create is sent, and its task
 id is committed the moment the create returns. So after a crash a job is either known to
@@ -15,7 +17,9 @@ be settled without risking a second bill, and which is only resent when asked.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -26,7 +30,7 @@ from typing import Any
 
 from ._models import Kind
 
-__all__ = ["Job", "Ledger"]
+__all__ = ["Job", "Ledger", "LedgerBusyError"]
 
 
 _SCHEMA = """
@@ -45,6 +49,23 @@ CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
 """
 
 
+def _take_lock(path: Path) -> int:
+    """Hold an exclusive flock on ``path`` (writing our pid in it), or say who holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LedgerBusyError(
+            f"another aio88 run (pid {holder}) is using {path.parent}; wait for it to end, "
+            "or give this run another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 @dataclass(frozen=True)
 class Job:
     """One line of the jobs file, as the ledger knows it."""
@@ -59,13 +80,33 @@ class Job:
     path: str | None = None
 
 
+class LedgerBusyError(Exception):
+    """Another ``aio88 run`` holds this ledger (its message names the folder and pid)."""
+
+
 class Ledger:
-    """The jobs of one output folder, in ``<folder>/ledger.sqlite3``."""
+    """The jobs of one output folder, in ``<folder>/ledger.sqlite3``.
+
+    One run at a time: opening it for a run takes an exclusive advisory lock (``flock``) on
+    ``<folder>/ledger.lock``, held until :meth:`close` or the process's end (a crash
+    included: the kernel releases it), so two runs on one folder cannot create a job twice.
+    The lock belongs to this SQLite ledger, not to the folder: a shared (PostgreSQL) ledger
+    coordinates its workers otherwise.
+
+    Args:
+        folder: The run's output folder.
+        lock: Take the run lock (``--status``, which only reads, does not).
+
+    Raises:
+        LedgerBusyError: Another run holds the lock.
+    """
 
     FILE_NAME = "ledger.sqlite3"
+    LOCK_NAME = "ledger.lock"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, lock: bool = True) -> None:
         self.path = folder / self.FILE_NAME
+        self._lock_fd = _take_lock(folder / self.LOCK_NAME) if lock else None
         # isolation_level=None: every statement commits at once (autocommit); each state
         # change is durable when the call returns, which is the whole point.
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -74,8 +115,11 @@ class Ledger:
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and let the next run in."""
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def add_new(self, jobs: list[Job]) -> int:
         """Record the jobs not yet in the ledger as ``pending``; return how many were new."""

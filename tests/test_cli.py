@@ -216,7 +216,7 @@ async def test_run_survives_sigkill_without_paying_twice(tmp_path: Path) -> None
         try:
             # Part-way: every create confirmed, some videos saved, others still running.
             await wait_until(lambda: emu.creates == 100 and len(list(videos.glob("*.mp4"))) >= 10)
-            ledger = Ledger(out)
+            ledger = Ledger(out, lock=False)  # reading while the run holds it
             confirmed = ledger.counts()
             ledger.close()
             assert confirmed["submitted"] + confirmed["downloaded"] == 100

@@ -1,0 +1,102 @@
+"""``aio88 run`` keeps its promises at the edges (real ``aio88`` processes, the emulator):
+a timeout is not a verdict on a task, and two runs never share one ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aio88.testing import Emulator
+
+AIO88 = [sys.executable, "-m", "aio88"]
+
+
+def _env(emu: Emulator) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIO88_")}
+    env.update(AIO88_API_KEY=emu.api_key, AIO88_BASE_URL=emu.base_url)
+    return env
+
+
+def _jobs(path: Path, n: int) -> Path:
+    lines = [{"kind": "video", "prompt": f"fox {i}", "key": f"job-{i}"} for i in range(n)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+async def _aio88(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    result = await anyio.run_process([*AIO88, *args], env=env, check=False)
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_timeout_is_not_a_failure(tmp_path: Path) -> None:
+    """Tasks still running at --timeout stay submitted (exit 1, a clear line); the rerun
+    polls and downloads them, and creates nothing again."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 2), tmp_path / "out"
+    async with Emulator(duration=None, poll_after_ms=50) as emu:
+        env = _env(emu)
+        code, stdout, stderr = await _aio88(
+            "run", str(jobs), "--out", str(out), "--json", "--timeout", "0.5", env=env
+        )
+        assert code == 1, stderr
+        assert "still running at --timeout" in stderr and "rerun" in stderr
+        records = _events(stdout)
+        assert sorted(e["key"] for e in records if e["event"] == "timed_out") == [
+            "job-0",
+            "job-1",
+        ]
+        assert not [e for e in records if e["event"] == "failed"]
+        assert records[-1]["timed_out"] == 2 and records[-1].get("failed", 0) == 0
+
+        code, stdout, _ = await _aio88("run", "--status", str(out), "--json", env=env)
+        assert code == 1 and _events(stdout)[-1]["submitted"] == 2
+
+        for task_id in list(emu.tasks):
+            emu.complete(task_id)
+        code, stdout, stderr = await _aio88("run", str(jobs), "--out", str(out), env=env)
+        assert code == 0, stderr
+        assert emu.creates == 2  # the rerun created nothing
+    assert len(list((out / "videos").glob("*.mp4"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_two_runs_on_one_folder(tmp_path: Path) -> None:
+    """A second run on the same --out exits 2 at once, naming the folder and the first
+    run's pid; the first finishes; each job is created once."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 4), tmp_path / "out"
+    async with Emulator(duration=None, poll_after_ms=50) as emu:
+        env = _env(emu)
+        async with await anyio.open_process(
+            [*AIO88, "run", str(jobs), "--out", str(out), "--quiet"], env=env
+        ) as first:
+            for _ in range(600):  # until the first run holds the ledger and created all
+                if emu.creates >= 4:
+                    break
+                await anyio.sleep(0.05)
+            code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=env)
+            assert code == 2
+            assert f"pid {first.pid}" in stderr and str(out) in stderr
+            assert "Traceback" not in stderr
+            code, _, _ = await _aio88("run", "--status", str(out), env=env)
+            assert code == 1  # --status only reads: it does not need the lock
+            for task_id in list(emu.tasks):
+                emu.complete(task_id)
+            assert await first.wait() == 0
+        assert emu.creates == 4
+    # The lock went with the first run: a third run starts, finds everything done.
+    async with Emulator(duration=None) as emu:
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=_env(emu))
+        assert code == 0, stderr
+        assert emu.creates == 0
