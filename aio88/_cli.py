@@ -509,14 +509,24 @@ async def _run_jobs(
                 outcomes.add([task], fresh=True)
 
         async with anyio.create_task_group() as tg:
-            for job in to_create:
-                tg.start_soon(submit, job)
-            async for outcome in outcomes:
-                tally.finish(outcome)
-                record(outcome)
-                printer.progress(tally)
-            if fatal:
-                raise fatal[0]
+            if to_create:
+                # The first create goes alone: a refused key costs one create, not one
+                # per concurrency slot.
+                await submit(to_create[0])
+            for job in to_create[1:]:
+                tg.start_soon(submit, job)  # after a refusal, each only steps aside
+            try:
+                async for outcome in outcomes:
+                    tally.finish(outcome)
+                    record(outcome)
+                    printer.progress(tally)
+            except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
+                fatal.append(exc)
+                tg.cancel_scope.cancel()
+    if fatal:
+        # Raised here, outside the task group, so that it reaches the user as itself: one
+        # line and exit 2, not an ExceptionGroup's traceback.
+        raise fatal[0]
     counts = ledger.counts()
     if timed_out:
         print(

@@ -244,33 +244,36 @@ async def test_run_survives_sigkill_without_paying_twice(tmp_path: Path) -> None
 @pytest.mark.timeout(60)
 @scenario
 async def test_creates_in_flight_at_a_crash_are_not_resent(tmp_path: Path) -> None:
-    """A create in flight at SIGKILL is 'unconfirmed': reported, not resent, until asked."""
+    """A create in flight at SIGKILL is 'unconfirmed': reported, not resent, until asked.
+    (The run's first create goes alone, so exactly one is in flight here.)"""
     jobs = write_jobs(tmp_path / "jobs.jsonl", 6)
     out = tmp_path / "out"
     async with Emulator(duration=(0.2, 0.4), poll_after_ms=POLL_HINT_MS) as emu:
         env = env_for(emu)
-        emu.faults.latency = 30.0  # every request hangs: creates stay in flight
+        emu.faults.latency = 30.0  # every request hangs: the first create stays in flight
         process = await anyio.open_process(
             [*AIO88, "run", str(jobs), "--out", str(out), "--create-concurrency", "2"], env=env
         )
         try:
-            await wait_until(lambda: emu.in_flight == 2)
+            await wait_until(lambda: emu.in_flight == 1)
+            await anyio.sleep(0.3)  # nothing else goes out while the first is unanswered
+            assert emu.in_flight == 1
         finally:
             process.send_signal(signal.SIGKILL)
             await process.wait()
             await process.aclose()
         emu.faults.latency = 0.0
         sent = emu.creates
-        assert sent == 2
+        assert sent == 1
 
         code, stdout, _ = await aio88("run", str(jobs), "--out", str(out), "--json", env=env)
-        assert code == 1  # two jobs could not be settled
+        assert code == 1  # one job could not be settled
         unconfirmed = [e for e in events(stdout) if e["event"] == "unconfirmed"]
-        assert len(unconfirmed) == 2 and "resend-unconfirmed" in unconfirmed[0]["error"]
-        assert emu.creates == sent + 4  # only the four never sent
+        assert len(unconfirmed) == 1 and "resend-unconfirmed" in unconfirmed[0]["error"]
+        assert emu.creates == sent + 5  # only the five never sent
 
         code, stdout, _ = await aio88("run", "--status", str(out), "--json", env=env)
-        assert code == 1 and events(stdout)[-1]["unconfirmed"] == 2
+        assert code == 1 and events(stdout)[-1]["unconfirmed"] == 1
 
         code, stdout, _ = await aio88(
             "run", str(jobs), "--out", str(out), "--resend-unconfirmed", "--json", env=env

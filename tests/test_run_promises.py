@@ -100,3 +100,30 @@ async def test_two_runs_on_one_folder(tmp_path: Path) -> None:
         code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=_env(emu))
         assert code == 0, stderr
         assert emu.creates == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_refused_key_costs_one_create(tmp_path: Path) -> None:
+    """A key the API refuses: exit 2 with one line on stderr, no traceback, one create sent
+    (the first goes alone), every job still pending for the rerun with the right key."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 12), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = {**_env(emu), "AIO88_API_KEY": "sk-wrong"}
+        code, stdout, stderr = await _aio88(
+            "run", str(jobs), "--out", str(out), "--create-concurrency", "8", env=env
+        )
+        assert code == 2
+        assert "Traceback" not in stderr and "ExceptionGroup" not in stderr
+        assert [line for line in stderr.splitlines() if line.startswith("aio88: error:")] == [
+            stderr.strip().splitlines()[-1]
+        ]
+        assert "refused the key" in stderr
+        assert emu.count("POST") == 1
+        refused = emu.creates  # the one create the server saw and refused
+        code, stdout, _ = await _aio88("run", "--status", str(out), "--json", env=env)
+        assert _events(stdout)[-1]["pending"] == 12
+
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=_env(emu))
+        assert code == 0, stderr
+        assert emu.creates == refused + 12  # each job created once
