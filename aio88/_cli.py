@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from ._errors import (
 from ._ledger import Job, Ledger, LedgerBusyError
 from ._models import GenerationTask, Kind, Status, Video
 from ._outcome import Outcome
+from ._partfile import file_facts
 from ._schedule import Schedule
 from ._version import __version__
 
@@ -408,6 +410,12 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
         if args.resend_unconfirmed:
             for job in ledger.jobs("unconfirmed"):
                 ledger.set_state(job.key, "pending")
+        for job, problem in await _check_files(ledger):
+            # Fetched again through the task (no create): a changed file is kept aside.
+            if problem == "changed" and job.path is not None:
+                await anyio.Path(job.path).replace(job.path + ".changed")
+            ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
+            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
         for job in ledger.jobs("unconfirmed"):
             printer.event(
                 "unconfirmed",
@@ -433,7 +441,7 @@ async def _run_jobs(
 
     timed_out = 0
 
-    def record(outcome: Outcome) -> None:
+    async def record(outcome: Outcome) -> None:
         nonlocal timed_out
         key = ledger.key_of_task(outcome.id)
         if key is None:
@@ -448,8 +456,11 @@ async def _run_jobs(
             )
             results.append(outcome)
             return
-        if outcome.ok:
-            ledger.set_state(key, "downloaded", path=str(outcome.path))
+        if outcome.ok and outcome.path is not None:
+            # Size and SHA-256 kept, so that --status and a rerun notice a file deleted
+            # or changed since.
+            size, digest = await anyio.to_thread.run_sync(file_facts, outcome.path)
+            ledger.set_state(key, "downloaded", path=str(outcome.path), size=size, sha256=digest)
         elif outcome.task is not None and outcome.task.status is Status.SUCCEEDED:
             ledger.set_state(key, "download_failed", error=_error_text(outcome.error))
         else:
@@ -518,7 +529,7 @@ async def _run_jobs(
             try:
                 async for outcome in outcomes:
                     tally.finish(outcome)
-                    record(outcome)
+                    await record(outcome)
                     printer.progress(tally)
             except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
                 fatal.append(exc)
@@ -557,11 +568,40 @@ def ledger_status(folder: Path, printer: Printer) -> int:
                 printer.event(
                     job.state, key=job.key, line=job.line, id=job.task_id, error=job.error
                 )
+        problems = anyio.run(_check_files, ledger)
+        for job, problem in problems:
+            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
         counts = ledger.counts()
     finally:
         ledger.close()
-    printer.summary(jobs=sum(counts.values()), **{state: counts[state] for state in sorted(counts)})
-    return EXIT_OK if counts["downloaded"] == sum(counts.values()) else EXIT_FAILED
+    found = Counter(problem for _, problem in problems)
+    printer.summary(
+        jobs=sum(counts.values()),
+        **{state: counts[state] for state in sorted(counts)},
+        **{problem: found[problem] for problem in sorted(found)},
+    )
+    settled = counts["downloaded"] == sum(counts.values()) and not problems
+    return EXIT_OK if settled else EXIT_FAILED
+
+
+async def _check_files(ledger: Ledger) -> list[tuple[Job, str]]:
+    """Downloaded jobs whose file is ``missing`` or ``changed`` (size or SHA-256)."""
+
+    def check(job: Job) -> str | None:
+        path = Path(job.path or "")
+        if not path.is_file():
+            return "missing"
+        if job.size is None or job.sha256 is None:
+            return None  # recorded by an aio88 that kept no facts: nothing to compare
+        size, digest = file_facts(path)
+        return "changed" if (size, digest) != (job.size, job.sha256) else None
+
+    problems = []
+    for job in ledger.jobs("downloaded"):
+        problem = await anyio.to_thread.run_sync(check, job)
+        if problem is not None:
+            problems.append((job, problem))
+    return problems
 
 
 # -- single tasks ------------------------------------------------------------------------

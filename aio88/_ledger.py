@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     task_id    TEXT,
     error      TEXT,
     path       TEXT,
+    size       INTEGER,
+    sha256     TEXT,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
@@ -78,6 +80,8 @@ class Job:
     task_id: str | None = None
     error: str | None = None
     path: str | None = None
+    size: int | None = None
+    sha256: str | None = None
 
 
 class LedgerBusyError(Exception):
@@ -113,6 +117,10 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in (("size", "INTEGER"), ("sha256", "TEXT")):
+            if column not in columns:  # a ledger written by an earlier aio88
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the database and let the next run in."""
@@ -137,16 +145,18 @@ class Ledger:
 
     def jobs(self, *states: str) -> Iterator[Job]:
         """The jobs in any of ``states`` (all jobs when none given), in file order."""
-        query = "SELECT key, line, kind, request, state, task_id, error, path FROM jobs"
+        query = (
+            "SELECT key, line, kind, request, state, task_id, error, path, size, sha256 FROM jobs"
+        )
         params: tuple[str, ...] = ()
         if states:
             query += f" WHERE state IN ({', '.join('?' * len(states))})"
             params = states
-        for key, line, kind, request, state, task_id, error, path in self._db.execute(
+        for key, line, kind, request, state, task_id, error, path, size, sha in self._db.execute(
             query + " ORDER BY line", params
         ):
             # The kind column holds only what load_jobs validated: "generation" or "video".
-            yield Job(key, line, kind, json.loads(request), state, task_id, error, path)
+            yield Job(key, line, kind, json.loads(request), state, task_id, error, path, size, sha)
 
     def set_state(
         self,
@@ -156,12 +166,16 @@ class Ledger:
         task_id: str | None = None,
         error: str | None = None,
         path: str | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
     ) -> None:
-        """Move a job to ``state`` (committed when this returns)."""
+        """Move a job to ``state`` (committed when this returns); a downloaded job's file
+        is recorded with its size and SHA-256, to be checked later."""
         self._db.execute(
             "UPDATE jobs SET state = ?, task_id = COALESCE(?, task_id), error = ?, "
-            "path = COALESCE(?, path), updated_at = ? WHERE key = ?",
-            (state, task_id, error, path, time.time(), key),
+            "path = COALESCE(?, path), size = COALESCE(?, size), "
+            "sha256 = COALESCE(?, sha256), updated_at = ? WHERE key = ?",
+            (state, task_id, error, path, size, sha256, time.time(), key),
         )
 
     def key_of_task(self, task_id: str) -> str | None:

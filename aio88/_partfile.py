@@ -20,7 +20,7 @@ from typing import Any
 from ._config import DOWNLOAD_BLOCK_SIZE
 from ._errors import DownloadError
 
-__all__ = ["PartFile", "Progress", "sha256_matches"]
+__all__ = ["PartFile", "Progress", "file_facts", "sha256_matches"]
 
 #: Called with ``(bytes_done, bytes_total or None)`` as a download progresses.
 Progress = Callable[[int, int | None], object]
@@ -29,13 +29,20 @@ Progress = Callable[[int, int | None], object]
 _XATTR = "user.aio88.validator"
 
 
-def sha256_matches(path: Path, expected: str) -> bool:
-    """Whether the file's SHA-256 is ``expected`` (hex, any case)."""
+def file_facts(path: Path) -> tuple[int, str]:
+    """(size, hex SHA-256) of a file (blocking: call it in a worker thread)."""
     hasher = hashlib.sha256()
+    size = 0
     with open(path, "rb") as existing:
         while block := existing.read(DOWNLOAD_BLOCK_SIZE):
             hasher.update(block)
-    return hasher.hexdigest() == expected.lower()
+            size += len(block)
+    return size, hasher.hexdigest()
+
+
+def sha256_matches(path: Path, expected: str) -> bool:
+    """Whether the file's SHA-256 is ``expected`` (hex, any case)."""
+    return file_facts(path)[1] == expected.lower()
 
 
 @dataclass(frozen=True)

@@ -127,3 +127,34 @@ async def test_a_refused_key_costs_one_create(tmp_path: Path) -> None:
         code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=_env(emu))
         assert code == 0, stderr
         assert emu.creates == refused + 12  # each job created once
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_files_are_checked_not_trusted(tmp_path: Path) -> None:
+    """A deleted or overwritten video: --status exits 1 naming it missing or changed, and
+    the rerun fetches it again (a changed one is kept aside) without creating anything."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 3), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = _env(emu)
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=env)
+        assert code == 0, stderr
+        gone, changed, kept = sorted((out / "videos").glob("*.mp4"))
+        gone.unlink()
+        changed.write_bytes(b"not the video any more")
+
+        code, stdout, _ = await _aio88("run", "--status", str(out), "--json", env=env)
+        assert code == 1
+        problems = {e["event"]: e["path"] for e in _events(stdout) if "path" in e}
+        assert problems == {"missing": str(gone), "changed": str(changed)}
+        assert _events(stdout)[-1]["missing"] == 1 and _events(stdout)[-1]["changed"] == 1
+
+        creates = emu.creates
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=env)
+        assert code == 0, stderr
+        assert emu.creates == creates
+        code, _, _ = await _aio88("run", "--status", str(out), env=env)
+        assert code == 0
+    for path in (gone, changed, kept):
+        assert path.read_bytes() == kept.read_bytes()  # the emulator serves one video
+    assert changed.with_name(changed.name + ".changed").read_bytes() == b"not the video any more"

@@ -25,7 +25,7 @@ __all__ = [
     "send_truncated",
 ]
 
-TRUNCATE_PAUSE = 0.05
+TRUNCATE_PAUSE = 0.1
 """How long a truncated video body pauses before its connection is dropped."""
 WRITE_CHUNK = 1024 * 1024
 """Bytes per write when serving content: large enough to keep loopback fast."""
