@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -356,11 +357,26 @@ def load_jobs(path: Path) -> list[Job]:
                 f'{where}: the same job as line {keys[key]}; give each a distinct "key" '
                 "if you mean to create both"
             )
+        if "input_reference" in fields:
+            fields["input_reference"] = _reference_path(fields["input_reference"], path, where)
         keys[key] = number
         jobs.append(Job(key=key, line=number, kind=kind, request=fields))
     if not jobs:
         raise UsageError(f"{path} holds no jobs")
     return jobs
+
+
+def _reference_path(value: object, jobs_file: Path, where: str) -> str:
+    """An ``input_reference`` as an absolute path: relative ones are next to the jobs file
+    (wherever the run starts from), and the file must be readable before anything is sent."""
+    if not isinstance(value, str) or not value:
+        raise UsageError(f'{where}: "input_reference" must be a file path')
+    reference = Path(value).expanduser()
+    if not reference.is_absolute():
+        reference = jobs_file.resolve().parent / reference
+    if not reference.is_file() or not os.access(reference, os.R_OK):
+        raise UsageError(f"{where}: input_reference {reference} is not a readable file")
+    return str(reference)
 
 
 def _create_kwargs(job: Job) -> dict[str, Any]:
@@ -398,6 +414,7 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
     client = Client(rate_limit=args.rate_limit)  # a missing key raises before anything is sent
     ledger = Ledger(out)
     try:
+        _check_edits(ledger, jobs, replace=args.replace)
         added = ledger.add_new(jobs)
         if added:
             printer.event("ledger", new_jobs=added, path=ledger.path)
@@ -428,6 +445,24 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
             return await _run_jobs(client, ledger, out, args, printer)
     finally:
         ledger.close()
+
+
+def _check_edits(ledger: Ledger, jobs: list[Job], *, replace: bool) -> None:
+    """A line edited since the ledger took it (same key, other request) is refused, naming
+    the line: its old form may be created already. ``--replace`` accepts it for a job not
+    sent yet."""
+    for job, known in ledger.edited(jobs):
+        if replace and known.state == "pending":
+            ledger.replace_request(job)
+            continue
+        why = (
+            "use --replace to take the new line"
+            if known.state == "pending"
+            else f'its job is {known.state} already; give the new line another "key"'
+        )
+        raise UsageError(
+            f"line {job.line} was edited since the ledger took it (key {job.key!r}): {why}"
+        )
 
 
 async def _run_jobs(
@@ -499,8 +534,16 @@ async def _run_jobs(
                     fatal.append(exc)
                     outcomes.forget()
                     return
-                except (APIStatusError, ValueError, TypeError) as exc:
-                    unsure = isinstance(exc, APIStatusError) and exc.status_code >= 500
+                except (ValueError, TypeError) as exc:
+                    # Local (a reference image that cannot be read now): nothing was sent,
+                    # so the job stays pending for the next run.
+                    ledger.set_state(job.key, "pending", error=_error_text(exc))
+                    printer.event("pending", key=job.key, line=job.line, error=_error_text(exc))
+                    outcomes.forget()
+                    tally.failed += 1
+                    return
+                except APIStatusError as exc:
+                    unsure = exc.status_code >= 500
                     state = "unconfirmed" if unsure else "rejected"
                     ledger.set_state(job.key, state, error=_error_text(exc))
                     printer.event(state, key=job.key, line=job.line, error=_error_text(exc))
@@ -557,7 +600,7 @@ async def _run_jobs(
     return EXIT_OK if counts["downloaded"] == sum(counts.values()) else EXIT_FAILED
 
 
-def ledger_status(folder: Path, printer: Printer) -> int:
+def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> int:
     """``aio88 run --status DIR``: summarise a ledger without touching the network."""
     if not (folder / Ledger.FILE_NAME).exists():
         raise UsageError(f"no ledger in {folder} (looked for {Ledger.FILE_NAME})")
@@ -571,6 +614,9 @@ def ledger_status(folder: Path, printer: Printer) -> int:
         problems = anyio.run(_check_files, ledger)
         for job, problem in problems:
             printer.event(problem, key=job.key, id=job.task_id, path=job.path)
+        if show_all:
+            for job in ledger.jobs():
+                printer.event("job", key=job.key, id=job.task_id, state=job.state, path=job.path)
         counts = ledger.counts()
     finally:
         ledger.close()
@@ -760,6 +806,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create again the jobs whose create may have reached the server",
     )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="accept edited job lines (same key) for jobs not sent yet",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="with --status: list every job (key, task, file)"
+    )
 
     p = sub.add_parser("create", parents=[output, kinds], help="create one task")
     p.add_argument("--prompt", required=True)
@@ -818,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             if args.status:
-                return ledger_status(Path(args.status), printer)
+                return ledger_status(Path(args.status), printer, show_all=args.all)
             if not args.jobs or not args.out:
                 raise UsageError("aio88 run needs JOBS.jsonl and --out DIR (or --status DIR)")
         return int(anyio.run(COMMANDS[args.command], args, printer))

@@ -140,6 +140,25 @@ class Ledger:
             )
         return self._count() - before
 
+    def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
+        """(job as the file has it now, job as the ledger knows it) for every key whose
+        request changed."""
+        known = {job.key: job for job in self.jobs()}
+        return [
+            (job, known[job.key])
+            for job in jobs
+            if job.key in known
+            and (known[job.key].request, known[job.key].kind) != (job.request, job.kind)
+        ]
+
+    def replace_request(self, job: Job) -> None:
+        """Take a job's new request (only for a job not sent yet)."""
+        self._db.execute(
+            "UPDATE jobs SET request = ?, kind = ?, line = ?, updated_at = ? "
+            "WHERE key = ? AND state = 'pending'",
+            (json.dumps(job.request), job.kind, job.line, time.time(), job.key),
+        )
+
     def _count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 

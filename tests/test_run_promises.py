@@ -158,3 +158,57 @@ async def test_files_are_checked_not_trusted(tmp_path: Path) -> None:
     for path in (gone, changed, kept):
         assert path.read_bytes() == kept.read_bytes()  # the emulator serves one video
     assert changed.with_name(changed.name + ".changed").read_bytes() == b"not the video any more"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_jobs_file_paths_edits_and_listing(tmp_path: Path) -> None:
+    """input_reference is found next to the jobs file from any directory, and checked before
+    anything is sent; an edited line is refused (or taken with --replace while its job is
+    not sent); --status --all lists every job."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "ref.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    jobs = folder / "jobs.jsonl"
+    line = {"kind": "video", "prompt": "a fox", "key": "fox", "input_reference": "ref.png"}
+    jobs.write_text(json.dumps(line) + "\n")
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = _env(emu)
+
+        async def run(*args: str, key: str | None = None) -> tuple[int, str, str]:
+            run_env = env if key is None else {**env, "AIO88_API_KEY": key}
+            result = await anyio.run_process(
+                [*AIO88, *args], env=run_env, cwd=elsewhere, check=False
+            )
+            return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+        missing = folder / "missing.jsonl"
+        missing.write_text(json.dumps({**line, "input_reference": "nope.png"}) + "\n")
+        code, _, stderr = await run("run", str(missing), "--out", str(tmp_path / "o2"))
+        assert code == 2 and f"{missing}:1" in stderr and "nope.png" in stderr
+        assert emu.count("POST") == 0
+
+        # A refused key leaves the job pending: then the line is edited.
+        code, _, _ = await run("run", str(jobs), "--out", str(out), key="sk-wrong")
+        assert code == 2
+        jobs.write_text(json.dumps({**line, "prompt": "a grey wolf"}) + "\n")
+        code, _, stderr = await run("run", str(jobs), "--out", str(out))
+        assert code == 2 and "line 1 was edited" in stderr and "--replace" in stderr
+        code, _, stderr = await run("run", str(jobs), "--out", str(out), "--replace")
+        assert code == 0, stderr
+        (task,) = [t for t in emu.tasks.values() if t.request.get("prompt") == "a grey wolf"]
+        assert task.files["input_reference"][0] == "ref.png"  # the image, from beside the file
+
+        # Once created, an edit is refused for good: the old form is paid for.
+        jobs.write_text(json.dumps({**line, "prompt": "a third animal"}) + "\n")
+        code, _, stderr = await run("run", str(jobs), "--out", str(out), "--replace")
+        assert code == 2 and "downloaded already" in stderr
+
+        code, stdout, _ = await run("run", "--status", str(out), "--all", "--json")
+        assert code == 0
+        (listed,) = [e for e in _events(stdout) if e["event"] == "job"]
+        assert listed["key"] == "fox" and listed["state"] == "downloaded"
+        assert listed["id"] == task.id and listed["path"].endswith(".mp4")
