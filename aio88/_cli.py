@@ -154,7 +154,8 @@ class Printer:
             print("\r\x1b[2K", end="", file=self.stream)
 
     def summary(self, **fields: Any) -> None:
-        """The closing summary (also in quiet mode)."""
+        """The closing summary (also in quiet mode). Numbers stay numbers in JSON; for
+        people, counts get thousands separators and rates two decimals at most."""
         self._clear()
         if self.json:
             print(
@@ -165,8 +166,29 @@ class Printer:
             return
         print("", file=self.stream)
         for key, value in fields.items():
-            print(f"  {key.replace('_', ' '):<18} {value}", file=self.stream)
+            print(f"  {key.replace('_', ' '):<18} {_human(value)}", file=self.stream)
         self.stream.flush()
+
+    def error(self, message: str, code: int) -> int:
+        """A fatal error: one line on stderr, and in JSON mode an ``error`` event on
+        stdout too (a pipeline reading JSON lines sees why the command ended). Returns
+        ``code``, the exit code."""
+        self._clear()
+        print(f"aio88: error: {message}", file=sys.stderr)
+        if self.json:
+            self._json({"event": "error", "message": message, "exit_code": code})
+        return code
+
+
+def _human(value: object) -> str:
+    """A summary value as people read it: 229,820 bytes; 4.09 tasks per second; - for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{round(value, 2):,g}"
 
 
 def _error_text(error: BaseException | None) -> str | None:
@@ -239,7 +261,7 @@ async def demo(args: argparse.Namespace, printer: Printer) -> int:
                 tally.update(task)
                 printer.progress(tally)
             printer.event(
-                "created", tasks=len(created), seconds=f"{time.monotonic() - tally.started:.1f}"
+                "created", tasks=len(created), seconds=round(time.monotonic() - tally.started, 1)
             )
             results = lost + await _watch_with_progress(
                 client, created, out, args.concurrency, printer, tally, fresh=True
@@ -305,11 +327,11 @@ def _finish_summary(
         tasks=len(results),
         succeeded=len(results) - len(failures),
         failed=len(failures),
-        seconds=f"{elapsed:.1f}",
-        tasks_per_second=f"{len(results) / elapsed:.2f}" if elapsed else "-",
+        seconds=round(elapsed, 1),
+        tasks_per_second=round(len(results) / elapsed, 2) if elapsed else None,
         requests=requests,
-        requests_per_task=f"{requests / len(results):.1f}" if results else "-",
-        bytes=f"{tally.bytes:,}",
+        requests_per_task=round(requests / len(results), 1) if results else None,
+        bytes=tally.bytes,
         files=str(out),
     )
     return EXIT_FAILED if failures else EXIT_OK
@@ -592,8 +614,8 @@ async def _run_jobs(
         jobs=sum(counts.values()),
         **{state: counts[state] for state in sorted(counts)},
         timed_out=timed_out,
-        seconds=f"{time.monotonic() - tally.started:.1f}",
-        bytes=f"{tally.bytes:,}",
+        seconds=round(time.monotonic() - tally.started, 1),
+        bytes=tally.bytes,
         files=str(videos),
         ledger=str(ledger.path),
     )
@@ -876,21 +898,14 @@ def main(argv: list[str] | None = None) -> int:
             if not args.jobs or not args.out:
                 raise UsageError("aio88 run needs JOBS.jsonl and --out DIR (or --status DIR)")
         return int(anyio.run(COMMANDS[args.command], args, printer))
-    except (UsageError, LedgerBusyError) as exc:
-        print(f"aio88: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:  # configuration: no API key, a bad base URL
-        print(f"aio88: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UsageError, LedgerBusyError, ValueError) as exc:  # ValueError: no key, bad URL
+        return printer.error(str(exc), EXIT_USAGE)
     except (AuthenticationError, PermissionDeniedError) as exc:
-        print(f"aio88: error: the API refused the key: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return printer.error(f"the API refused the key: {exc}", EXIT_USAGE)
     except Aio88Error as exc:
-        print(f"aio88: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return printer.error(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
-        print("aio88: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return printer.error("interrupted; rerun the same command to resume", 130)
 
 
 if __name__ == "__main__":  # pragma: no cover

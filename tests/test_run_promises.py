@@ -212,3 +212,25 @@ async def test_jobs_file_paths_edits_and_listing(tmp_path: Path) -> None:
         (listed,) = [e for e in _events(stdout) if e["event"] == "job"]
         assert listed["key"] == "fox" and listed["state"] == "downloaded"
         assert listed["id"] == task.id and listed["path"].endswith(".mp4")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_json_mode_speaks_json_only(tmp_path: Path) -> None:
+    """--json: numbers are numbers, and an error is an "error" event on stdout too (with
+    the exit code), besides its one line on stderr."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 2), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        code, stdout, _ = await _aio88("run", str(jobs), "--out", str(out), "--json", env=_env(emu))
+        assert code == 0
+        summary = _events(stdout)[-1]
+        assert summary["event"] == "summary"
+        assert isinstance(summary["bytes"], int) and summary["bytes"] > 0
+        assert isinstance(summary["seconds"], float) and isinstance(summary["jobs"], int)
+
+        env = {**_env(emu), "AIO88_API_KEY": ""}
+        code, stdout, stderr = await _aio88("run", str(jobs), "--out", str(out), "--json", env=env)
+        assert code == 2 and "AIO88_API_KEY" in stderr
+        (error,) = _events(stdout)
+        assert error["event"] == "error" and error["exit_code"] == 2
+        assert "AIO88_API_KEY" in error["message"]
