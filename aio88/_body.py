@@ -4,14 +4,16 @@ an error's or a message's, short and bounded in time (:func:`read_limited`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 import anyio
 
-from ._errors import APIConnectionError
+from ._config import MESSAGE_EXCERPT_LIMIT
+from ._errors import APIConnectionError, DownloadError
 from ._failures import TRANSPORT_ERRORS, translate
 
-__all__ = ["NOT_VIDEO_TYPES", "Body", "read_limited"]
+__all__ = ["NOT_VIDEO_TYPES", "Body", "read_limited", "refuse_message"]
 
 #: Content types that mean "a message" (an error, a page), not a video.
 NOT_VIDEO_TYPES = ("application/json", "text/", "application/problem+json")
@@ -82,9 +84,10 @@ class Body:
         pieces, self._pieces = self._pieces, []
         return pieces
 
-    async def read_small_body(self, limit: int, timeout: float | None) -> bytes:
-        """At most ``limit`` bytes of the body, if they come within ``timeout`` seconds."""
-        return await read_limited(self._response, limit, timeout)
+    async def refuse_message(self, where: str, timeout: float | None, dest: Path) -> None:
+        """Raise :class:`DownloadError` if the body is a message, not a video
+        (see :func:`refuse_message`)."""
+        await refuse_message(self._response, where, timeout, dest)
 
 
 async def read_limited(
@@ -103,3 +106,19 @@ async def read_limited(
         except TRANSPORT_ERRORS:
             pass
     return data
+
+
+async def refuse_message(
+    response: aiohttp.ClientResponse, where: str, timeout: float | None, dest: Path | None = None
+) -> None:
+    """Raise :class:`DownloadError` with the server's words when ``response`` is a message
+    (JSON, text) where a video was expected; return when it is not."""
+    if not response.content_type.startswith(NOT_VIDEO_TYPES):
+        return
+    text = await read_limited(response, MESSAGE_EXCERPT_LIMIT, timeout)
+    raise DownloadError(
+        f"expected a video from {where} but got {response.content_type}: "
+        f"{text.decode('utf-8', 'replace')!r}",
+        path=dest,
+        status_code=response.status,
+    )

@@ -354,7 +354,7 @@ class Client:
             download_workers=download_workers,
         )
 
-    def __del__(self, _warn: object = warnings.warn) -> None:
+    def __del__(self) -> None:
         # A client dropped while open must not leak sockets: close them synchronously and
         # say so once, in aio88's words rather than aiohttp's.
         transport = getattr(self, "_transport", None)

@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 from yarl import URL
 
-from ._body import NOT_VIDEO_TYPES, Body
-from ._config import DOWNLOAD_BLOCK_SIZE, MESSAGE_EXCERPT_LIMIT
+from ._body import Body
+from ._config import DOWNLOAD_BLOCK_SIZE
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -285,14 +285,7 @@ async def _check_start(
     body: Body, url: URL, target: PartFile, offset: int, transport: Transport
 ) -> tuple[int, int | None]:
     """What the answer holds: (where its bytes start, the file's total size if known)."""
-    if body.content_type.startswith(NOT_VIDEO_TYPES):
-        text = await body.read_small_body(MESSAGE_EXCERPT_LIMIT, transport.timeouts.read)
-        raise DownloadError(
-            f"expected a video from {url.with_query(None)} but got {body.content_type}: "
-            f"{text.decode('utf-8', 'replace')!r}",
-            path=target.dest,
-            status_code=body.status,
-        )
+    await body.refuse_message(str(url.with_query(None)), transport.timeouts.read, target.dest)
     if body.status == 206:
         content_range = body.headers.get("Content-Range") or ""
         start = content_range.removeprefix("bytes ").split("-", 1)[0]

@@ -15,11 +15,11 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._body import NOT_VIDEO_TYPES, read_limited
-from ._config import DEFAULT_WAIT_TIMEOUT, MESSAGE_EXCERPT_LIMIT
+from ._body import refuse_message
+from ._config import DEFAULT_WAIT_TIMEOUT
 from ._download import Downloader
-from ._errors import DownloadError, wrong_task_error
-from ._fetch import decode_answer
+from ._errors import wrong_task_error
+from ._fetch import PATHS, decode_answer
 from ._http import Transport
 from ._models import (
     FileInput,
@@ -121,7 +121,7 @@ class _Resource(Generic[TaskT]):
 class Generations(_Resource[GenerationTask]):
     """Tasks of the 88API format, ``/v1/video/generations`` (Kling, Jimeng, Vidu, Veo)."""
 
-    _path = "/v1/video/generations"
+    _path = PATHS["generation"]
     _kind = "generation"
     _decode = staticmethod(decode_generation)
 
@@ -227,7 +227,7 @@ class Videos(_Resource[Video]):
     """Tasks of the OpenAI/Sora format, ``/v1/videos``: create, retrieve, remix, wait,
     and the finished file's content."""
 
-    _path = "/v1/videos"
+    _path = PATHS["video"]
     _kind = "video"
     _decode = staticmethod(decode_video)
 
@@ -384,13 +384,7 @@ class Videos(_Resource[Video]):
             read_timeout=transport.timeouts.read,
         )
         try:
-            if resp.content_type.startswith(NOT_VIDEO_TYPES):
-                text = await read_limited(resp, MESSAGE_EXCERPT_LIMIT, transport.timeouts.read)
-                raise DownloadError(
-                    f"expected a video from {url.path} but got {resp.content_type}: "
-                    f"{text.decode('utf-8', 'replace')!r}",
-                    status_code=resp.status,
-                )
+            await refuse_message(resp, url.path, transport.timeouts.read)
             yield body
         finally:
             body.release()
