@@ -29,6 +29,7 @@ from ._failures import FINAL_ERRORS, TRANSPORT_ERRORS, translate
 from ._headers import build_headers, check_headers
 from ._proxies import DIRECT, Proxies, ProxyChoice, ProxySetting
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
+from ._sending import SendMark, current_mark
 from ._sessions import SSLSetting, close_now, make_sessions
 from ._version import __version__
 
@@ -294,12 +295,21 @@ class Transport:
             APIConnectionError: The server could not be reached (after any retries).
         """
         session = self._session_for(method, idempotent)
+        # A create's sending is marked (see _sending): exactly by our sessions' tracing,
+        # cautiously (the whole request counts as sent) through a caller's session.
+        mark = None if idempotent else current_mark.get() or SendMark()
+        traced = self.owns_session
         attempt = redirects = 0
         while True:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
             location = None
+            if mark is not None:
+                mark.new_try()
+                if not traced:
+                    await mark.writing()
+                    mark.wrote()
             try:
                 sending = session.request(
                     method,
@@ -314,6 +324,7 @@ class Transport:
                     raise_for_status=False,  # whatever a caller's session says
                     auto_decompress=True,
                     read_bufsize=read_bufsize,
+                    trace_request_ctx=mark,
                 )
                 if head_limit is None:  # an API call: its total timer bounds it
                     resp = await sending
@@ -337,8 +348,20 @@ class Transport:
             except FINAL_ERRORS as exc:
                 raise translate(exc, f"{method} {url.path}") from exc
             except TRANSPORT_ERRORS as exc:
-                what = f"{method} {url.path}"  # failures only: the poll path builds no strings
-                await anyio.sleep(self._delay_after_failure(exc, what, attempt, idempotent))
+                # Failures only build strings: the poll path stays lean.
+                what = f"{method} {url.path}"
+                error = translate(exc, what)
+                if mark is not None:
+                    # The tracing saw whether a byte left (a timeout may come before any
+                    # did); without it, the kind of failure is the best guess.
+                    if traced:
+                        error.request_sent = mark.sent
+                    else:
+                        mark.sent = error.request_sent
+                delay = self._delay_after_failure(error, exc, what, attempt, idempotent)
+                if mark is not None and not mark.sent:
+                    await mark.not_taken()
+                await anyio.sleep(delay)
                 continue
             if location is not None:
                 redirects += 1
@@ -360,6 +383,8 @@ class Transport:
             delay = self._delay_or_raise(
                 status, resp.headers, error_body, attempt, idempotent, what
             )
+            if mark is not None and status == 429:
+                await mark.not_taken()  # a 429 creates nothing: not "maybe billed" while we wait
             if delay > 0:
                 await anyio.sleep(delay)
 
@@ -371,10 +396,15 @@ class Transport:
         return session
 
     def _delay_after_failure(
-        self, exc: BaseException, what: str, attempt: int, idempotent: bool
+        self,
+        error: APIConnectionError,
+        exc: BaseException,
+        what: str,
+        attempt: int,
+        idempotent: bool,
     ) -> float:
-        """For a transport failure: raise it translated, or return how long to wait."""
-        error = translate(exc, what)
+        """For a transport failure (``exc``, translated as ``error``): raise it, or return
+        how long to wait."""
         if not should_retry(
             attempt=attempt,
             policy=self.retry,

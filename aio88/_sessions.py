@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import aiohttp
 
 from ._config import CREATE_KEEPALIVE, DNS_CACHE_TTL, POOL_KEEPALIVE
+from ._sending import SendMark
 
-__all__ = ["SSLSetting", "close_now", "make_sessions"]
+__all__ = ["SSLSetting", "close_now", "make_sessions", "send_tracing"]
 
 log = logging.getLogger("aio88")
 
@@ -37,7 +38,7 @@ def make_sessions(
         )
     cookies = aiohttp.CookieJar()
 
-    def session(keepalive: float) -> aiohttp.ClientSession:
+    def session(keepalive: float, *own: aiohttp.TraceConfig) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
@@ -49,10 +50,44 @@ def make_sessions(
             connector=connector,
             cookie_jar=cookies,
             trust_env=False,  # the environment's proxies are read once, by Proxies
-            trace_configs=list(trace_configs) or None,
+            trace_configs=[*own, *trace_configs] or None,
         )
 
-    return session(POOL_KEEPALIVE), session(CREATE_KEEPALIVE)
+    return session(POOL_KEEPALIVE), session(CREATE_KEEPALIVE, send_tracing())
+
+
+def send_tracing() -> aiohttp.TraceConfig:
+    """Tracing that marks a create's :class:`SendMark` (passed as ``trace_request_ctx``).
+
+    aiohttp signals "headers sent" when it *buffers* the headers, before any byte is
+    written (they go out with the body's first chunk), and "chunk sent" just before it
+    writes each piece of the body. So the first is where a caller commits "may reach the
+    server", and the second is the moment it becomes true. A create always has a body.
+    """
+
+    async def on_headers(
+        _session: aiohttp.ClientSession,
+        context: object,
+        _params: aiohttp.TraceRequestHeadersSentParams,
+    ) -> None:
+        mark = getattr(context, "trace_request_ctx", None)
+        if isinstance(mark, SendMark):
+            await mark.writing()
+
+    async def on_chunk(
+        _session: aiohttp.ClientSession,
+        context: object,
+        _params: aiohttp.TraceRequestChunkSentParams,
+    ) -> None:
+        mark = getattr(context, "trace_request_ctx", None)
+        if isinstance(mark, SendMark):
+            mark.wrote()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(on_headers)
+    tracing.on_request_chunk_sent.append(on_chunk)
+    tracing.freeze()
+    return tracing
 
 
 def close_now(session: aiohttp.ClientSession) -> None:

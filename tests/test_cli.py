@@ -23,7 +23,8 @@ import anyio
 import pytest
 from side_by_side import SideBySide, side_by_side
 
-from aio88._cli import Printer, Tally, UsageError, load_jobs
+from aio88._cli._jobs import load_jobs
+from aio88._cli._output import Printer, Tally, UsageError
 from aio88._ledger import Ledger
 from aio88.testing import Emulator
 

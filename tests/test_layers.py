@@ -3,7 +3,9 @@
     _cli -> Client (facade) -> resources -> engines -> Transport -> leaves
 
 Every import of an aio88 module counts, also under ``TYPE_CHECKING`` and inside functions.
-A module missing from the table fails the test, so a new module gets a layer on purpose.
+A subpackage (``_cli``, ``testing``) is one module of one layer: the imports of all its
+files count. A module missing from the table fails the test, so a new module gets a layer
+on purpose.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ LAYERS: dict[str, int] = {
     "_ledger": 0,
     "_headers": 0,
     "_outcome": 0,
+    "_sending": 0,
+    "_billing": 0,
     # the transport: aiohttp, auth, pacing, the one retry driver
     "_failures": 1,
     "_sessions": 1,
@@ -47,48 +51,80 @@ LAYERS: dict[str, int] = {
     "_resources": 3,
     # the facade
     "_client": 4,
-    # what users and the command line meet
+    # what users and the command line meet; the CLI is a subpackage, one layer for all
+    # its modules
     "_cli": 5,
     "__init__": 5,
     "__main__": 6,
-    # the test kit (the emulator, which the demo runs), a subpackage beside the CLI
+    # the test kit (the emulator, which the demo runs), a subpackage beside the CLI; its
+    # pytest plugin hands out a ready Client
     "testing": 5,
 }
 LEAVES = 0
 
 
+def _sources(module: str) -> list[Path]:
+    """The files of a module: ``aio88/<module>.py``, or every file of the subpackage
+    ``aio88/<module>/``, which counts as one module of one layer."""
+    folder = PACKAGE / module
+    return sorted(folder.glob("*.py")) if folder.is_dir() else [PACKAGE / f"{module}.py"]
+
+
 def _imports(module: str) -> set[str]:
-    """The aio88 modules ``module`` imports (anywhere in it)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """The aio88 modules ``module`` imports (anywhere in it, in any of its files); a
+    subpackage's imports of its own modules are left out."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from ._x import y
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import _x
-                found.update(alias.name for alias in node.names)
-            elif node.module == "aio88":  # from aio88 import X: the package's front
-                found.add("__init__")
-            elif node.module and node.module.startswith("aio88."):
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name == "aio88":
+    top = 2 if (PACKAGE / module).is_dir() else 1  # the dots of ``from .<top module>``
+    for path in _sources(module):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == top and node.module:  # from ._x import y
+                    found.add(node.module.split(".")[0])
+                elif node.level == top:  # from . import _x, or the front: from . import X
+                    found.update(a.name if a.name in LAYERS else "__init__" for a in node.names)
+                elif node.level == 0 and node.module == "aio88":  # the package's front
                     found.add("__init__")
-                elif alias.name.startswith("aio88."):
-                    found.add(alias.name.split(".")[1])
+                elif node.level == 0 and node.module and node.module.startswith("aio88."):
+                    found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name == "aio88":
+                        found.add("__init__")
+                    elif alias.name.startswith("aio88."):
+                        found.add(alias.name.split(".")[1])
     found.discard(module)
     return found
 
 
-GRAPH = {module: _imports(module) for module in LAYERS if module != "testing"}
-GRAPH["testing"] = set()  # its own modules import nothing from aio88 (checked below)
+GRAPH = {module: _imports(module) for module in LAYERS}
+SUBPACKAGES = sorted(module for module in LAYERS if (PACKAGE / module).is_dir())
 
 
 def test_every_module_has_a_layer() -> None:
-    """A module missing from the table (or a stale entry) fails here."""
-    on_disk = {path.stem for path in PACKAGE.glob("*.py")} | {"testing"}
-    assert on_disk == set(LAYERS)
+    """A module or subpackage missing from the table (or a stale entry) fails here."""
+    files = {path.stem for path in PACKAGE.glob("*.py")}
+    folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert files | folders == set(LAYERS)
+
+
+@pytest.mark.parametrize("package", SUBPACKAGES)
+def test_a_subpackage_imports_itself_in_no_circle(package: str) -> None:
+    """Within a subpackage (the CLI, the test kit), too, imports point one way."""
+    folder = PACKAGE / package
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        graph[path.stem] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                graph[path.stem].update(name.split(".")[0] for name in names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["aio88", package]:
+                    graph[path.stem].update(parts[2:3] or ["__init__"])
+        graph[path.stem] &= {p.stem for p in folder.glob("*.py")}
+        graph[path.stem].discard(path.stem)
+    _assert_no_cycle(graph, f"{package}.")
 
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
@@ -98,23 +134,27 @@ def test_imports_point_down(module: str) -> None:
     assert not up, f"{module} (layer {LAYERS[module]}) imports higher layers: {up}"
 
 
-def test_no_import_cycle() -> None:
-    """No circle, not even through TYPE_CHECKING imports."""
+def _assert_no_cycle(graph: dict[str, set[str]], prefix: str = "") -> None:
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
         state[module] = "open"
-        for name in sorted(GRAPH[module]):
+        for name in sorted(graph[module]):
             if state.get(name) == "open":
                 cycle = [*path[path.index(name) :], name] if name in path else [module, name]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
+                pytest.fail("import cycle: " + " -> ".join(prefix + m for m in cycle))
             if name not in state:
                 visit(name, [*path, name])
         state[module] = "done"
 
-    for module in sorted(GRAPH):
+    for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_no_import_cycle() -> None:
+    """No circle, not even through TYPE_CHECKING imports."""
+    _assert_no_cycle(GRAPH)
 
 
 def test_leaves_import_only_leaves() -> None:

@@ -1,0 +1,281 @@
+"""``aio88 run``: the crash-safe batch, every step kept in a ledger, and its ``--status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+
+from .._client import Client
+from .._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    PermissionDeniedError,
+    WaitTimeoutError,
+)
+from .._ledger import Job, Ledger
+from .._models import GenerationTask, Status, Video
+from .._outcome import Outcome
+from .._partfile import file_facts
+from ._jobs import create_job, load_jobs
+from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, UsageError, error_text, outcome_event
+
+
+def writable_folder(folder: Path) -> Path:
+    """``folder``, created if need be and checked writable (else a usage error)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
+async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
+    """``aio88 run JOBS --out DIR``: create, poll and download, surviving crashes."""
+    jobs = load_jobs(Path(args.jobs))
+    out = writable_folder(Path(args.out))
+    client = Client(rate_limit=args.rate_limit)  # a missing key raises before anything is sent
+    ledger = Ledger(out)
+    try:
+        _check_edits(ledger, jobs, replace=args.replace)
+        added = ledger.add_new(jobs)
+        if added:
+            printer.event("ledger", new_jobs=added, path=ledger.path)
+        for job in ledger.jobs("submitting"):
+            # A create sent just before a crash: the server may have it, and 88API cannot
+            # be asked. Sending it again could bill twice.
+            ledger.set_state(
+                job.key, "unconfirmed", error="the run stopped while this create was in flight"
+            )
+        if args.resend_unconfirmed:
+            for job in ledger.jobs("unconfirmed"):
+                ledger.set_state(job.key, "pending")
+        for job, problem in await _check_files(ledger):
+            # Fetched again through the task (no create): a changed file is kept aside.
+            if problem == "changed" and job.path is not None:
+                await anyio.Path(job.path).replace(job.path + ".changed")
+            ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
+            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
+        for job in ledger.jobs("unconfirmed"):
+            printer.event(
+                "unconfirmed",
+                key=job.key,
+                line=job.line,
+                error="its create may have reached the server; check the 88API console, then "
+                "rerun with --resend-unconfirmed to create it again",
+            )
+        async with client:
+            return await _run_jobs(client, ledger, out, args, printer)
+    finally:
+        ledger.close()
+
+
+def _check_edits(ledger: Ledger, jobs: list[Job], *, replace: bool) -> None:
+    """A line edited since the ledger took it (same key, other request) is refused, naming
+    the line: its old form may be created already. ``--replace`` accepts it for a job not
+    sent yet."""
+    for job, known in ledger.edited(jobs):
+        if replace and known.state == "pending":
+            ledger.replace_request(job)
+            continue
+        why = (
+            "use --replace to take the new line"
+            if known.state == "pending"
+            else f'its job is {known.state} already; give the new line another "key"'
+        )
+        raise UsageError(
+            f"line {job.line} was edited since the ledger took it (key {job.key!r}): {why}"
+        )
+
+
+async def _run_jobs(
+    client: Client, ledger: Ledger, out: Path, args: argparse.Namespace, printer: Printer
+) -> int:
+    to_create = list(ledger.jobs("pending"))
+    to_watch = list(ledger.jobs("submitted", "download_failed"))
+    tally = Tally(total=len(to_create) + len(to_watch))
+    videos = out / "videos"
+    results: list[Outcome] = []
+
+    timed_out = 0
+
+    async def record(outcome: Outcome) -> None:
+        nonlocal timed_out
+        key = ledger.key_of_task(outcome.id)
+        if key is None:
+            return
+        if isinstance(outcome.error, WaitTimeoutError):
+            # Not a verdict on the task: it may finish (and is paid for). It stays
+            # submitted, so the next run polls it again.
+            timed_out += 1
+            ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
+            printer.event(
+                "timed_out", key=key, id=outcome.id, error="still running; rerun to poll again"
+            )
+            results.append(outcome)
+            return
+        if outcome.ok and outcome.path is not None:
+            # Size and SHA-256 kept, so that --status and a rerun notice a file deleted
+            # or changed since.
+            size, digest = await anyio.to_thread.run_sync(file_facts, outcome.path)
+            ledger.set_state(key, "downloaded", path=str(outcome.path), size=size, sha256=digest)
+        elif outcome.task is not None and outcome.task.status is Status.SUCCEEDED:
+            ledger.set_state(key, "download_failed", error=error_text(outcome.error))
+        else:
+            ledger.set_state(key, "failed", error=error_text(outcome.error))
+        results.append(outcome)
+        outcome_event(printer, outcome, key)
+
+    def on_update(task: GenerationTask | Video) -> None:
+        tally.update(task)
+        printer.progress(tally)
+
+    async with client.watch(
+        [],
+        concurrency=args.concurrency,
+        download_dir=videos,
+        on_update=on_update,
+        timeout=args.timeout,
+    ) as outcomes:
+        for job in to_watch:
+            assert job.task_id is not None
+            outcomes.add([job.task_id], kind=job.kind)
+        outcomes.expect(len(to_create))  # the iteration stays open while they are created
+        limiter = anyio.CapacityLimiter(args.create_concurrency)
+        fatal: list[BaseException] = []
+
+        async def submit(job: Job) -> None:
+            async with limiter:
+                if fatal:
+                    outcomes.forget()
+                    return
+                ledger.set_state(job.key, "submitting")  # committed before the request
+                try:
+                    task = await create_job(client, job)
+                except (AuthenticationError, PermissionDeniedError) as exc:
+                    ledger.set_state(job.key, "pending")  # refused: not billed, retry later
+                    fatal.append(exc)
+                    outcomes.forget()
+                    return
+                except (ValueError, TypeError) as exc:
+                    # Local (a reference image that cannot be read now): nothing was sent,
+                    # so the job stays pending for the next run.
+                    ledger.set_state(job.key, "pending", error=error_text(exc))
+                    printer.event("pending", key=job.key, line=job.line, error=error_text(exc))
+                    outcomes.forget()
+                    tally.failed += 1
+                    return
+                except APIStatusError as exc:
+                    unsure = exc.status_code >= 500
+                    state = "unconfirmed" if unsure else "rejected"
+                    ledger.set_state(job.key, state, error=error_text(exc))
+                    printer.event(state, key=job.key, line=job.line, error=error_text(exc))
+                    outcomes.forget()
+                    tally.failed += 1
+                    return
+                except APIConnectionError as exc:
+                    state = "unconfirmed" if exc.request_sent else "pending"
+                    ledger.set_state(job.key, state, error=error_text(exc))
+                    printer.event(state, key=job.key, line=job.line, error=error_text(exc))
+                    outcomes.forget()
+                    tally.failed += 1
+                    return
+                ledger.set_state(job.key, "submitted", task_id=task.id)  # committed at once
+                printer.event("created", key=job.key, id=task.id)
+                tally.update(task)
+                outcomes.add([task], fresh=True)
+
+        async with anyio.create_task_group() as tg:
+            if to_create:
+                # The first create goes alone: a refused key costs one create, not one
+                # per concurrency slot.
+                await submit(to_create[0])
+            for job in to_create[1:]:
+                tg.start_soon(submit, job)  # after a refusal, each only steps aside
+            try:
+                async for outcome in outcomes:
+                    tally.finish(outcome)
+                    await record(outcome)
+                    printer.progress(tally)
+            except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
+                fatal.append(exc)
+                tg.cancel_scope.cancel()
+    if fatal:
+        # Raised here, outside the task group, so that it reaches the user as itself: one
+        # line and exit 2, not an ExceptionGroup's traceback.
+        raise fatal[0]
+    counts = ledger.counts()
+    if timed_out:
+        print(
+            f"aio88: {timed_out} task(s) still running at --timeout {args.timeout:g}s; they stay "
+            "in the ledger: rerun the same command to poll and download them",
+            file=sys.stderr,
+        )
+    printer.summary(
+        jobs=sum(counts.values()),
+        **{state: counts[state] for state in sorted(counts)},
+        timed_out=timed_out,
+        seconds=round(time.monotonic() - tally.started, 1),
+        bytes=tally.bytes,
+        files=str(videos),
+        ledger=str(ledger.path),
+    )
+    return EXIT_OK if counts["downloaded"] == sum(counts.values()) else EXIT_FAILED
+
+
+def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> int:
+    """``aio88 run --status DIR``: summarise a ledger without touching the network."""
+    if not (folder / Ledger.FILE_NAME).exists():
+        raise UsageError(f"no ledger in {folder} (looked for {Ledger.FILE_NAME})")
+    ledger = Ledger(folder, lock=False)  # reading only: a run may be going on
+    try:
+        for job in ledger.jobs():
+            if job.state != "downloaded":
+                printer.event(
+                    job.state, key=job.key, line=job.line, id=job.task_id, error=job.error
+                )
+        problems = anyio.run(_check_files, ledger)
+        for job, problem in problems:
+            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
+        if show_all:
+            for job in ledger.jobs():
+                printer.event("job", key=job.key, id=job.task_id, state=job.state, path=job.path)
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+    found = Counter(problem for _, problem in problems)
+    printer.summary(
+        jobs=sum(counts.values()),
+        **{state: counts[state] for state in sorted(counts)},
+        **{problem: found[problem] for problem in sorted(found)},
+    )
+    settled = counts["downloaded"] == sum(counts.values()) and not problems
+    return EXIT_OK if settled else EXIT_FAILED
+
+
+async def _check_files(ledger: Ledger) -> list[tuple[Job, str]]:
+    """Downloaded jobs whose file is ``missing`` or ``changed`` (size or SHA-256)."""
+
+    def check(job: Job) -> str | None:
+        path = Path(job.path or "")
+        if not path.is_file():
+            return "missing"
+        if job.size is None or job.sha256 is None:
+            return None  # recorded by an aio88 that kept no facts: nothing to compare
+        size, digest = file_facts(path)
+        return "changed" if (size, digest) != (job.size, job.sha256) else None
+
+    problems = []
+    for job in ledger.jobs("downloaded"):
+        problem = await anyio.to_thread.run_sync(check, job)
+        if problem is not None:
+            problems.append((job, problem))
+    return problems

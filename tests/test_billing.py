@@ -1,0 +1,63 @@
+"""What a failed create means for the bill (docs/billing.md): each answer new-api can give,
+as the server's code says it, and a lost answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aio88 import APIConnectionError, APIResponseValidationError, APITimeoutError
+from aio88._billing import BILLED_WITHOUT_ID, fate_of_failed_create
+from aio88._errors import make_status_error
+
+
+def _answer(status: int, body: object) -> BaseException:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return make_status_error(status, raw, {})
+
+
+def _shape_c(code: str) -> dict[str, object]:
+    return {"code": code, "message": "...", "data": None}
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        # Complete refusals that create nothing and may pass later.
+        (_answer(429, b""), "pending"),
+        (_answer(408, _shape_c("request_cancelled")), "pending"),
+        # new-api refunds every error answer of a create but one.
+        (_answer(500, _shape_c("do_request_failed")), "pending"),
+        (_answer(500, _shape_c("task_insert_failed")), "pending"),
+        (_answer(502, _shape_c("plugin_submit_response_invalid")), "pending"),
+        (_answer(503, {"error": {"code": "new_api_error", "message": "no channel"}}), "pending"),
+        (_answer(500, _shape_c(BILLED_WITHOUT_ID)), "unconfirmed"),
+        # Not new-api's answer: a proxy's page, an empty body. It may have gone through.
+        (_answer(502, b"<html><body>Bad Gateway</body></html>"), "unconfirmed"),
+        (_answer(504, b""), "unconfirmed"),
+        # The request itself is refused: sending it again fails again.
+        (_answer(400, _shape_c("invalid_request")), "rejected"),
+        (_answer(413, b"too big"), "rejected"),
+        # Sent, the answer lost or unreadable.
+        (APIConnectionError("cut"), "unconfirmed"),
+        (APITimeoutError("slow"), "unconfirmed"),
+        (APIResponseValidationError("not JSON", status_code=200, body_excerpt="<"), "unconfirmed"),
+    ],
+)
+def test_a_sent_create(error: BaseException, state: str) -> None:
+    fate = fate_of_failed_create(error, sent=True)
+    assert fate.state == state
+    assert fate.why
+
+
+@pytest.mark.parametrize(
+    "error", [APIConnectionError("refused", request_sent=False), ValueError("bad file")]
+)
+def test_nothing_sent_is_pending(error: BaseException) -> None:
+    assert fate_of_failed_create(error, sent=False).state == "pending"
+
+
+def test_the_billed_answer_says_so() -> None:
+    fate = fate_of_failed_create(_answer(500, _shape_c(BILLED_WITHOUT_ID)), sent=True)
+    assert "billed" in fate.why and "id" in fate.why
