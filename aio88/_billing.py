@@ -52,15 +52,16 @@ def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
                     f"HTTP {status} {BILLED_WITHOUT_ID}: the server stored and billed the "
                     "task but did not say its id",
                 )
-            if error.code is None:
-                # Not new-api's own answer (a proxy's 502/504, a crash page): the create
-                # may have gone through behind it.
+            if not isinstance(error.body, dict):
+                # Not the API's own JSON answer (a proxy's 502/504, a crash page, nothing):
+                # the create may have gone through behind it.
                 return CreateFate(
                     "unconfirmed", f"HTTP {status} without the API's error body: unknown"
                 )
             # new-api refunds every other error answer of a create (docs/billing.md).
             return CreateFate(
-                "pending", f"HTTP {status} {error.code}: not billed; it will be sent again"
+                "pending",
+                f"HTTP {status} {error.code or 'error'}: not billed; it will be sent again",
             )
         return CreateFate("rejected", str(error))
     if isinstance(error, APIConnectionError):

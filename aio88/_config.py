@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "CREATE_KEEPALIVE",
+    "CREATE_RESENDS",
     "DEFAULT_BASE_URL",
     "DEFAULT_DOWNLOAD_CONCURRENCY",
     "DEFAULT_DOWNLOAD_WORKERS",
+    "INTERRUPT_GRACE",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_POLL_CONCURRENCY",
     "DEFAULT_RETRY",
@@ -50,6 +52,11 @@ POOL_KEEPALIVE = 15.0
 #: servers close idle connections after a few seconds (nginx: 75 s, many balancers: 5 s),
 #: and a POST sent on a connection being closed fails although the server never saw it.
 CREATE_KEEPALIVE = 1.0
+#: How many more times ``aio88 run`` sends a create the server provably did not take (a
+#: 429 after the transport's own retries, a 5xx that new-api refunds), in the same run.
+CREATE_RESENDS = 2
+#: After a first Ctrl-C, how long ``aio88 run`` waits for creates already sent to answer.
+INTERRUPT_GRACE = 5.0
 #: How much of an error body is read: enough for any JSON error, never a whole video.
 ERROR_BODY_LIMIT = 64 * 1024
 #: How many redirects a request follows.

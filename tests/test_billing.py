@@ -32,6 +32,10 @@ def _shape_c(code: str) -> dict[str, object]:
         (_answer(500, _shape_c("task_insert_failed")), "pending"),
         (_answer(502, _shape_c("plugin_submit_response_invalid")), "pending"),
         (_answer(503, {"error": {"code": "new_api_error", "message": "no channel"}}), "pending"),
+        (
+            _answer(500, {"error": {"message": "upstream failed", "type": "server_error"}}),
+            "pending",
+        ),
         (_answer(500, _shape_c(BILLED_WITHOUT_ID)), "unconfirmed"),
         # Not new-api's answer: a proxy's page, an empty body. It may have gone through.
         (_answer(502, b"<html><body>Bad Gateway</body></html>"), "unconfirmed"),

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import ByteReceiveStream, Process
 
-from aio88.testing import Emulator
+from aio88.testing import Emulator, Faults, LoggedRequest
 
 AIO88 = [sys.executable, "-m", "aio88"]
 
@@ -234,3 +239,188 @@ async def test_json_mode_speaks_json_only(tmp_path: Path) -> None:
         (error,) = _events(stdout)
         assert error["event"] == "error" and error["exit_code"] == 2
         assert "AIO88_API_KEY" in error["message"]
+
+
+class Running:
+    """An ``aio88`` process started in the background, its output gathered as it comes."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+
+    async def gather(self) -> None:
+        async def drain(stream: ByteReceiveStream | None, into: list[bytes]) -> None:
+            assert stream is not None
+            into.extend([chunk async for chunk in stream])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, self.process.stdout, self._out)
+            tg.start_soon(drain, self.process.stderr, self._err)
+
+    def interrupt(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+
+    async def result(self, within: float) -> tuple[int, str, str]:
+        with anyio.fail_after(within):
+            code = await self.process.wait()
+        return code, b"".join(self._out).decode(), b"".join(self._err).decode()
+
+
+async def _until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 - the emulator has no event for each state
+            await anyio.sleep(0.02)
+
+
+def _posts_in_flight(emu: Emulator) -> int:
+    return sum(1 for r in emu.requests if r.method == "POST" and r.status == 0 and not r.fault)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_ctrl_c_in_a_429_storm_loses_nothing(tmp_path: Path) -> None:
+    """Ctrl-C while every create waits out a 429: exit 130 at once, each job created or
+    pending (none unconfirmed, none of them was sent), and the rerun creates each job
+    exactly once and exits 0."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 10), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = _env(emu)
+        argv = [*AIO88, "run", str(jobs), "--out", str(out), "--json", "--create-concurrency", "3"]
+        emu.faults.latency = 0.2  # slow enough for the storm to come before the last create
+        async with await anyio.open_process(argv, env=env) as process:
+            run = Running(process)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.gather)
+                await _until(lambda: emu.creates >= 3)
+                emu.faults.rate_429, emu.faults.retry_after = 1.0, 30.0  # a storm
+                emu.faults.latency = 0.0
+                await _until(lambda: emu.count("POST") > len(emu.tasks) + 2)
+                await anyio.sleep(0.3)  # every create now waits out its Retry-After
+                run.interrupt()
+                code, stdout, stderr = await run.result(within=10)
+        assert code == 130, stderr
+        assert "Rerun the same command" in stderr and "Traceback" not in stderr
+        interrupted = [e for e in _events(stdout) if e["event"] == "interrupted"]
+        assert interrupted and interrupted[0]["unconfirmed"] == 0
+        created = len(emu.tasks)
+        assert interrupted[0]["created"] == created
+        assert interrupted[0]["pending"] == 10 - created
+
+        emu.faults.rate_429 = 0.0
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), env=env)
+        assert code == 0, stderr
+    prompts = Counter(task.prompt for task in emu.tasks.values())
+    assert sorted(prompts) == sorted(f"fox {i}" for i in range(10))
+    assert set(prompts.values()) == {1}  # each job created exactly once
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_ctrl_c_lets_sent_creates_answer_and_twice_stops_at_once(tmp_path: Path) -> None:
+    """The first Ctrl-C gives creates already sent time to answer: they are recorded, not
+    left unconfirmed. A second Ctrl-C stops at once: a create still waiting for its answer
+    is then unconfirmed, and only those."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 8), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = _env(emu)
+        argv = [*AIO88, "run", str(jobs), "--out", str(out), "--json", "--create-concurrency", "2"]
+        emu.faults.latency = 0.5  # every answer takes half a second
+        async with await anyio.open_process(argv, env=env) as process:
+            run = Running(process)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.gather)
+                await _until(lambda: emu.creates >= 1 and _posts_in_flight(emu) == 2)
+                run.interrupt()
+                code, stdout, stderr = await run.result(within=10)
+        assert code == 130, stderr
+        (interrupted,) = [e for e in _events(stdout) if e["event"] == "interrupted"]
+        assert interrupted["unconfirmed"] == 0  # both answered within the grace
+        assert interrupted["created"] == len(emu.tasks) == 3
+        assert interrupted["pending"] == 5
+
+        emu.faults.latency = 30.0  # now no answer comes in time
+        async with await anyio.open_process(argv, env=env) as process:
+            run = Running(process)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.gather)
+                await _until(lambda: _posts_in_flight(emu) == 1)  # the first goes alone
+                await anyio.sleep(0.2)
+                run.interrupt()
+                await anyio.sleep(0.3)
+                run.interrupt()
+                code, stdout, stderr = await run.result(within=5)
+                lost = _posts_in_flight(emu)
+        assert code == 130, stderr
+        (interrupted,) = [e for e in _events(stdout) if e["event"] == "interrupted"]
+        assert interrupted["unconfirmed"] == lost == 1
+        assert interrupted["pending"] == 4
+        unconfirmed = [e["key"] for e in _events(stdout) if e["event"] == "unconfirmed"]
+        assert unconfirmed == ["job-3"]
+        emu.faults.latency = 0.0
+        code, stdout, _ = await _aio88("run", "--status", str(out), "--json", env=env)
+        summary = _events(stdout)[-1]
+        assert summary["unconfirmed"] == 1 and summary["pending"] == 4
+        assert summary.get("submitting", 0) == 0
+
+
+def _answer_lost(request: LoggedRequest) -> bool:
+    """A create whose answer cannot have reached the client: dropped, cut, unreadable."""
+    return request.fault in ("drop", "truncate", "garbage")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_faulty_batch_killed_and_rerun_pays_once(tmp_path: Path) -> None:
+    """2,000 jobs with 429s, 5xx, dropped connections and cut answers; ``kill -9`` halfway
+    (while creates wait for their answers), then a rerun, faults still on. No job is
+    created twice, and ``unconfirmed`` is exactly the creates whose answer was lost, as
+    the emulator's log counts them."""
+    total = 2000
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
+    faults = Faults(rate_429=0.03, rate_500=0.02, drop_rate=0.01, truncate_rate=0.01)
+    async with Emulator(duration=(0.05, 0.3), poll_after_ms=50, faults=faults) as emu:
+        env = _env(emu)
+        argv = [*AIO88, "run", str(jobs), "--out", str(out), "--create-concurrency", "16"]
+        silent = subprocess.DEVNULL
+        async with await anyio.open_process(argv, env=env, stdout=silent, stderr=silent) as process:
+            await _until(lambda: len(emu.tasks) >= total // 2, within=120)
+            # Hold every answer from now on, let the answers already given arrive, then
+            # kill: the creates in flight are exactly those the server holds.
+            emu.faults.latency = 2.0
+            await anyio.sleep(0.5)
+            held = [r for r in emu.requests if r.method == "POST" and r.status == 0 and not r.fault]
+            process.kill()
+            assert await process.wait() == -signal.SIGKILL
+        await _until(lambda: emu.in_flight == 0, within=30)
+        emu.faults.latency = 0.0
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), "--quiet", env=env)
+        assert code == 1, stderr  # some are unconfirmed
+
+        code, stdout, _ = await _aio88("run", "--status", str(out), "--all", "--json", env=env)
+        listed = {e["key"]: e for e in _events(stdout) if e["event"] == "job"}
+        posts = [r for r in emu.requests if r.method == "POST"]
+        lost = {id(r) for r in posts if _answer_lost(r)} | {id(r) for r in held}
+
+    assert len(listed) == total
+    by_state = Counter(job["state"] for job in listed.values())
+    assert by_state["pending"] == by_state["submitting"] == 0, by_state
+    # Never paid twice: one task at most per job.
+    prompts = Counter(task.prompt for task in emu.tasks.values())
+    assert max(prompts.values()) == 1
+    # Unconfirmed: exactly the creates whose answer was lost, no more, no fewer.
+    assert by_state["unconfirmed"] == len(lost) > 0, by_state
+    # And every task the client never heard of belongs to an unconfirmed job.
+    known = {job["id"] for job in listed.values() if job["id"]}
+    unheard = {task.prompt for task in emu.tasks.values() if task.id not in known}
+    unconfirmed = {
+        f"fox {key.split('-')[1]}" for key, job in listed.items() if job["state"] == "unconfirmed"
+    }
+    assert unheard <= unconfirmed
+    assert (
+        by_state["downloaded"]
+        + by_state["failed"]
+        + by_state["unconfirmed"]
+        + by_state["download_failed"]
+        == total
+    )

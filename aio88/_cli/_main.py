@@ -4,6 +4,7 @@ error into one line and an exit code."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -42,8 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aio88 {__version__}")
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print JSON lines")
-    output.add_argument("--quiet", action="store_true", help="print only the summary and errors")
+    output.add_argument(
+        "--json", action="store_true", help="print JSON lines (numbers as numbers, errors too)"
+    )
+    amount = output.add_mutually_exclusive_group()
+    amount.add_argument(
+        "-q", "--quiet", action="store_true", help="print only failures and the summary"
+    )
+    amount.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="print every event, and log retries on stderr (-vv: every request)",
+    )
     kinds = argparse.ArgumentParser(add_help=False)
     kinds.add_argument(
         "--kind",
@@ -149,6 +162,18 @@ COMMANDS = {
 }
 
 
+def _log_to_stderr(level: int) -> None:
+    """Show aio88's log (retries, then every request) on stderr, as ``aio88: ...`` lines."""
+    log = logging.getLogger("aio88")
+    log.setLevel(level)
+    if any(handler.get_name() == "aio88-cli" for handler in log.handlers):
+        return  # main() called again in one process (tests)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("aio88-cli")
+    handler.setFormatter(logging.Formatter("aio88: %(message)s"))
+    log.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aio88`` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -159,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return emulator_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    printer = Printer(json_lines=args.json, quiet=args.quiet)
+    printer = Printer(json_lines=args.json, quiet=args.quiet, verbose=args.verbose)
+    if args.verbose:
+        _log_to_stderr(logging.INFO if args.verbose == 1 else logging.DEBUG)
     try:
         if args.command == "run":
             if args.status:

@@ -63,23 +63,55 @@ class Tally:
 
 
 class Printer:
-    """Writes progress and results as a live line (terminal), plain lines, or JSON lines."""
+    """Writes progress and results as a live line (terminal), plain lines, or JSON lines.
 
-    def __init__(self, *, json_lines: bool, quiet: bool, stream: TextIO | None = None) -> None:
+    Three kinds of events, by how much the user asked to see: :meth:`problem` (a job
+    failed, refused, unconfirmed, timed out, a file missing...) always; :meth:`event` (a
+    result: a file saved, a task's status) unless ``--quiet``; :meth:`detail` (each create,
+    each resend) only with ``-v``. The summary and fatal errors always.
+    """
+
+    def __init__(
+        self,
+        *,
+        json_lines: bool,
+        quiet: bool = False,
+        verbose: int = 0,
+        stream: TextIO | None = None,
+    ) -> None:
         self.stream = stream or sys.stdout
         self.json = json_lines
         self.quiet = quiet
+        self.verbose = verbose
         self.live = not json_lines and not quiet and self.stream.isatty()
         self._last_draw = 0.0
 
+    def problem(self, name: str, /, **fields: Any) -> None:
+        """Something the user must know about (shown even with ``--quiet``)."""
+        self._write(name, fields)
+
     def event(self, name: str, /, **fields: Any) -> None:
-        """One result line: JSON, or words (not in quiet mode)."""
+        """A result (not shown with ``--quiet``)."""
+        if not self.quiet:
+            self._write(name, fields)
+
+    def detail(self, name: str, /, **fields: Any) -> None:
+        """A step on the way (shown with ``-v`` only)."""
+        if self.verbose:
+            self._write(name, fields)
+
+    def _write(self, name: str, fields: dict[str, Any]) -> None:
         if self.json:
             self._json({"event": name, **fields})
-        elif not self.quiet:
-            self._clear()
-            words = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-            print(f"{name:<10} {words}", file=self.stream, flush=True)
+            return
+        self._clear()
+        words = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        print(f"{name:<10} {words}", file=self.stream, flush=True)
+
+    def note(self, message: str) -> None:
+        """A line for the person at the terminal, on stderr (stdout stays for results)."""
+        self._clear()
+        print(f"aio88: {message}", file=sys.stderr, flush=True)
 
     def progress(self, tally: Tally, force: bool = False) -> None:
         """Redraw the live line (a terminal only), at most ten times a second."""
@@ -149,8 +181,10 @@ def error_text(error: BaseException | None) -> str | None:
 
 
 def outcome_event(printer: Printer, outcome: Outcome, key: str | None = None) -> None:
-    """Print a task's outcome: a ``done`` or ``failed`` event (with the job's key, if any)."""
-    printer.event(
+    """Print a task's outcome: a ``done`` event, or a ``failed`` problem (with the job's
+    key, if any)."""
+    report = printer.event if outcome.ok else printer.problem
+    report(
         "done" if outcome.ok else "failed",
         key=key,
         id=outcome.id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -13,8 +12,6 @@ import anyio
 
 from .._client import Client
 from .._errors import (
-    APIConnectionError,
-    APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     WaitTimeoutError,
@@ -23,7 +20,9 @@ from .._ledger import Job, Ledger
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
 from .._partfile import file_facts
-from ._jobs import create_job, load_jobs
+from ._creates import Creates
+from ._interrupt import Interrupt
+from ._jobs import load_jobs
 from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, UsageError, error_text, outcome_event
 
 
@@ -48,7 +47,7 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
         _check_edits(ledger, jobs, replace=args.replace)
         added = ledger.add_new(jobs)
         if added:
-            printer.event("ledger", new_jobs=added, path=ledger.path)
+            printer.detail("ledger", new_jobs=added, path=ledger.path)
         for job in ledger.jobs("submitting"):
             # A create sent just before a crash: the server may have it, and 88API cannot
             # be asked. Sending it again could bill twice.
@@ -63,9 +62,9 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
             if problem == "changed" and job.path is not None:
                 await anyio.Path(job.path).replace(job.path + ".changed")
             ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
-            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
+            printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
         for job in ledger.jobs("unconfirmed"):
-            printer.event(
+            printer.problem(
                 "unconfirmed",
                 key=job.key,
                 line=job.line,
@@ -117,7 +116,7 @@ async def _run_jobs(
             # submitted, so the next run polls it again.
             timed_out += 1
             ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
-            printer.event(
+            printer.problem(
                 "timed_out", key=key, id=outcome.id, error="still running; rerun to poll again"
             )
             results.append(outcome)
@@ -149,75 +148,55 @@ async def _run_jobs(
             assert job.task_id is not None
             outcomes.add([job.task_id], kind=job.kind)
         outcomes.expect(len(to_create))  # the iteration stays open while they are created
-        limiter = anyio.CapacityLimiter(args.create_concurrency)
-        fatal: list[BaseException] = []
 
-        async def submit(job: Job) -> None:
-            async with limiter:
-                if fatal:
-                    outcomes.forget()
-                    return
-                ledger.set_state(job.key, "submitting")  # committed before the request
-                try:
-                    task = await create_job(client, job)
-                except (AuthenticationError, PermissionDeniedError) as exc:
-                    ledger.set_state(job.key, "pending")  # refused: not billed, retry later
-                    fatal.append(exc)
-                    outcomes.forget()
-                    return
-                except (ValueError, TypeError) as exc:
-                    # Local (a reference image that cannot be read now): nothing was sent,
-                    # so the job stays pending for the next run.
-                    ledger.set_state(job.key, "pending", error=error_text(exc))
-                    printer.event("pending", key=job.key, line=job.line, error=error_text(exc))
-                    outcomes.forget()
-                    tally.failed += 1
-                    return
-                except APIStatusError as exc:
-                    unsure = exc.status_code >= 500
-                    state = "unconfirmed" if unsure else "rejected"
-                    ledger.set_state(job.key, state, error=error_text(exc))
-                    printer.event(state, key=job.key, line=job.line, error=error_text(exc))
-                    outcomes.forget()
-                    tally.failed += 1
-                    return
-                except APIConnectionError as exc:
-                    state = "unconfirmed" if exc.request_sent else "pending"
-                    ledger.set_state(job.key, state, error=error_text(exc))
-                    printer.event(state, key=job.key, line=job.line, error=error_text(exc))
-                    outcomes.forget()
-                    tally.failed += 1
-                    return
-                ledger.set_state(job.key, "submitted", task_id=task.id)  # committed at once
-                printer.event("created", key=job.key, id=task.id)
-                tally.update(task)
-                outcomes.add([task], fresh=True)
+        def created(job: Job, task: GenerationTask | Video) -> None:
+            tally.update(task)
+            outcomes.add([task], fresh=True)
 
+        def given_up(job: Job) -> None:
+            tally.failed += 1
+            outcomes.forget()
+
+        creates = Creates(
+            client,
+            ledger,
+            printer,
+            on_created=created,
+            on_given_up=given_up,
+            concurrency=args.create_concurrency,
+        )
+        interrupt = Interrupt(creates, printer)
+        refused: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            if to_create:
-                # The first create goes alone: a refused key costs one create, not one
-                # per concurrency slot.
-                await submit(to_create[0])
-            for job in to_create[1:]:
-                tg.start_soon(submit, job)  # after a refusal, each only steps aside
+            tg.start_soon(interrupt.listen, tg)
+
+            async def create_all() -> None:
+                await creates.run(to_create)
+                if creates.refusal is not None:
+                    tg.cancel_scope.cancel()  # the polls would be refused too
+
+            tg.start_soon(create_all)
             try:
                 async for outcome in outcomes:
                     tally.finish(outcome)
                     await record(outcome)
                     printer.progress(tally)
             except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
-                fatal.append(exc)
-                tg.cancel_scope.cancel()
-    if fatal:
+                refused.append(exc)
+            tg.cancel_scope.cancel()  # every job is settled: stop listening for Ctrl-C
+    if creates.refusal is not None:
+        refused.insert(0, creates.refusal)
+    if refused:
         # Raised here, outside the task group, so that it reaches the user as itself: one
         # line and exit 2, not an ExceptionGroup's traceback.
-        raise fatal[0]
+        raise refused[0]
     counts = ledger.counts()
-    if timed_out:
-        print(
-            f"aio88: {timed_out} task(s) still running at --timeout {args.timeout:g}s; they stay "
-            "in the ledger: rerun the same command to poll and download them",
-            file=sys.stderr,
+    if interrupt.signal is not None:
+        interrupt.explain(counts)
+    elif timed_out:
+        printer.note(
+            f"{timed_out} task(s) still running at --timeout {args.timeout:g}s; they stay "
+            "in the ledger: rerun the same command to poll and download them"
         )
     printer.summary(
         jobs=sum(counts.values()),
@@ -228,6 +207,8 @@ async def _run_jobs(
         files=str(videos),
         ledger=str(ledger.path),
     )
+    if interrupt.signal is not None:
+        return 128 + int(interrupt.signal)
     return EXIT_OK if counts["downloaded"] == sum(counts.values()) else EXIT_FAILED
 
 
@@ -239,12 +220,12 @@ def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> 
     try:
         for job in ledger.jobs():
             if job.state != "downloaded":
-                printer.event(
+                printer.problem(
                     job.state, key=job.key, line=job.line, id=job.task_id, error=job.error
                 )
         problems = anyio.run(_check_files, ledger)
         for job, problem in problems:
-            printer.event(problem, key=job.key, id=job.task_id, path=job.path)
+            printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
         if show_all:
             for job in ledger.jobs():
                 printer.event("job", key=job.key, id=job.task_id, state=job.state, path=job.path)
