@@ -180,8 +180,11 @@ class APIConnectionError(APIError):
     """The server could not be reached, or the connection broke before a full answer.
 
     Attributes:
-        request_sent: ``False`` only when the connection failed before any byte of the
-            request left this machine, so the server provably did not process it.
+        request_sent: ``False`` only when no byte of the request was written to a
+            connection, so the server provably did not process it. For a create through
+            the client's own sessions this is what aiohttp's request tracing saw (exact:
+            a timeout while connecting says ``False``); otherwise it is inferred from the
+            kind of failure.
     """
 
     request_sent: bool
