@@ -59,7 +59,10 @@ def _resolve_base_url(base_url: str | None) -> str:
         )
     if url.query_string or url.fragment:
         raise ValueError(f"base_url must not carry a query or fragment, got {raw!r}")
-    return str(url).rstrip("/")
+    root = str(url).rstrip("/")
+    # openai-python's convention ends the base URL in /v1; aio88's paths carry it. Both
+    # work, so that a URL copied from another client does not post to /v1/v1/videos.
+    return root.removesuffix("/v1")
 
 
 class Client:
@@ -76,7 +79,9 @@ class Client:
 
     Args:
         api_key: The 88API key; read from ``AIO88_API_KEY`` when not given.
-        base_url: The API's origin; ``AIO88_BASE_URL`` or ``https://88api.ai``.
+        base_url: The API's origin; ``AIO88_BASE_URL`` or ``https://88api.ai``. A
+            trailing ``/v1`` (openai-python's convention) is taken off: aio88's paths
+            carry it.
         timeouts: Per-request timeouts (:class:`Timeouts`).
         retry: When failed requests are retried (:class:`RetryPolicy`).
         max_connections: Most connections open at once.

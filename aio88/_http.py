@@ -241,7 +241,8 @@ class Transport:
         pause = retry_after
         if pause is None:
             pause = backoff_delay(self._consecutive_429 - 1, self.retry)
-        self.rate.on_rate_limited(self.clock(), min(pause, self.retry.retry_after_max))
+        pause = min(pause, self.retry.retry_after_max)
+        self.rate.on_rate_limited(self.clock(), pause)
         return pause
 
     # -- the one retry driver --------------------------------------------------------------
@@ -427,8 +428,7 @@ class Transport:
     ) -> float:
         """For an error status: raise its exception, or return how long to wait to retry."""
         retry_after = parse_retry_after(headers, time.time())
-        if status == 429:
-            self._on_429(retry_after)
+        pause = self._on_429(retry_after) if status == 429 else 0.0
         policy = self.retry
         delay: float | None = None
         if should_retry(
@@ -443,7 +443,8 @@ class Transport:
             raise make_status_error(status, body, headers, retry_after=retry_after)
         if status == 429:
             # Everyone now waits for the shared pause in _wait_turn; don't add our own.
-            delay = 0.0
+            self._log_retry(what, attempt, pause, "HTTP 429, the whole client pauses")
+            return 0.0
         self._log_retry(what, attempt, delay, f"HTTP {status}")
         return delay
 

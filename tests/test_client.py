@@ -504,6 +504,26 @@ async def test_environment_configures_the_client(
     assert Client("k").base_url == "https://88api.ai"
 
 
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("https://88api.ai/v1", "https://88api.ai"),
+        ("https://88api.ai/v1/", "https://88api.ai"),
+        ("https://gw.example/api/v1", "https://gw.example/api"),
+        ("https://gw.example/v1beta", "https://gw.example/v1beta"),
+    ],
+)
+async def test_a_base_url_in_openai_style_works(given: str, used: str) -> None:
+    """A base URL ending in /v1 (as openai-python writes it) does not post to /v1/v1/..."""
+    assert Client("k", base_url=given).base_url == used
+
+
+async def test_a_v1_base_url_reaches_the_api(aio88_emulator: Emulator) -> None:
+    async with Client("sk-test", base_url=aio88_emulator.base_url + "/v1") as client:
+        task = await client.videos.create(prompt="a fox")
+    assert task.id in aio88_emulator.tasks
+
+
 @pytest.mark.parametrize("url", ["88api.ai", "ftp://88api.ai", "https://", "https://x/?a=1"])
 def test_bad_base_url(url: str) -> None:
     """A base_url that is not an absolute http(s) origin is refused with an example."""

@@ -424,3 +424,77 @@ async def test_a_faulty_batch_killed_and_rerun_pays_once(tmp_path: Path) -> None
         + by_state["download_failed"]
         == total
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_configuration_mistakes_cost_nothing_and_say_what_to_do(
+    tmp_path: Path, closed_port: int
+) -> None:
+    """A base URL with no such route, an API nobody answers at, a mistyped flag: each ends
+    the run at once with exit 2 (or 1 for the network) and one line naming the fix; the
+    jobs stay pending and cost at most one create."""
+    jobs = _jobs(tmp_path / "jobs.jsonl", 6)
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = {**_env(emu), "AIO88_BASE_URL": emu.base_url + "/wrong"}
+        code, stdout, stderr = await _aio88("run", str(jobs), "--out", str(tmp_path / "a"), env=env)
+        assert code == 2, stderr
+        assert "AIO88_BASE_URL" in stderr and len(stderr.strip().splitlines()) == 1
+        assert emu.count("POST") == 1
+        code, stdout, _ = await _aio88("run", "--status", str(tmp_path / "a"), "--json", env=env)
+        assert _events(stdout)[-1]["pending"] == 6
+
+        # openai-python's way of writing the base URL works as it is.
+        env = {**_env(emu), "AIO88_BASE_URL": emu.base_url + "/v1"}
+        code, _, stderr = await _aio88("run", str(jobs), "--out", str(tmp_path / "a"), env=env)
+        assert code == 0, stderr
+        assert len(emu.tasks) == 6
+
+    env = {**env, "AIO88_BASE_URL": f"http://127.0.0.1:{closed_port}"}
+    code, _, stderr = await _aio88("run", str(jobs), "--out", str(tmp_path / "b"), env=env)
+    assert code == 1
+    (line,) = stderr.strip().splitlines()
+    assert "cannot reach the API" in line and "nothing was sent" in line
+
+    code, stdout, stderr = await _aio88(
+        "run", str(jobs), "--out", str(tmp_path / "c"), "--concurrency", "many", "--json", env=env
+    )
+    assert code == 2
+    (line,) = stderr.strip().splitlines()
+    assert "--concurrency" in line and "whole number" in line and "_positive_int" not in line
+    (error,) = _events(stdout)
+    assert error["event"] == "error" and error["exit_code"] == 2
+
+    code, _, stderr = await _aio88(
+        "run", str(jobs), "--out", str(tmp_path / "c"), env={**env, "AIO88_API_KEY": ""}
+    )
+    assert code == 2 and "set AIO88_API_KEY" in stderr and "Client(" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_the_output_flags(tmp_path: Path) -> None:
+    """-v shows each create and each retry with its real pause; --quiet only what went
+    wrong, and what to do about it; a one-task command prints its result even quiet."""
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", 3), tmp_path / "out"
+    async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
+        env = _env(emu)
+        emu.inject("429", times=1, method="POST", retry_after=0.3)
+        code, stdout, stderr = await _aio88("run", str(jobs), "--out", str(out), "-v", env=env)
+        assert code == 0, stderr
+        assert "POST /v1/videos failed (HTTP 429, the whole client pauses); retry 1 in 0.30s" in (
+            stderr
+        )
+        assert stdout.count("created ") == 3 and stdout.count("done ") == 3
+
+        emu.inject("drop", times=1, method="POST")
+        out2 = tmp_path / "out2"
+        code, stdout, stderr = await _aio88("run", str(jobs), "--out", str(out2), "-q", env=env)
+        assert code == 1
+        assert stdout.startswith("unconfirmed ") and "done " not in stdout
+        assert "1 job(s) unconfirmed" in stderr and "--resend-unconfirmed" in stderr
+
+        code, stdout, _ = await _aio88("create", "--prompt", "a fox", "-q", "--json", env=env)
+        assert code == 0
+        (created,) = _events(stdout)
+        assert created["event"] == "created" and created["id"] in emu.tasks

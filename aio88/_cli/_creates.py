@@ -20,13 +20,19 @@ import anyio
 from .._billing import fate_of_failed_create
 from .._client import Client
 from .._config import CREATE_RESENDS, RetryPolicy
-from .._errors import Aio88Error, AuthenticationError, PermissionDeniedError
+from .._errors import (
+    Aio88Error,
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    PermissionDeniedError,
+)
 from .._ledger import Job, Ledger
 from .._models import GenerationTask, Video
 from .._retry import backoff_delay
 from .._sending import SendMark, marking
 from ._jobs import create_job
-from ._output import Printer, error_text
+from ._output import Printer, UsageError, error_text
 
 
 class Creates:
@@ -60,19 +66,24 @@ class Creates:
         self._in_flight: dict[str, tuple[anyio.CancelScope, SendMark]] = {}
         self._backoff = RetryPolicy()
         self.stopping = False
-        """No more creates will be sent (a Ctrl-C, or a refused key)."""
-        self.refusal: AuthenticationError | PermissionDeniedError | None = None
-        """The API refused the key: the run must end."""
+        """No more creates will be sent (a Ctrl-C, or a fatal error)."""
+        self.fatal: Exception | None = None
+        """Why the run cannot go on: the key refused, no such route at the base URL, the
+        API unreachable. Every job not created stays ``pending``."""
+        self._proven = False  # a create succeeded: the key, the URL and the network work
         self.settled = anyio.Event()
         """Set when every job of :meth:`run` has settled (created, given up or called off)."""
 
     async def run(self, jobs: list[Job]) -> None:
-        """Create every job: the first alone, then the rest."""
+        """Create every job: one at a time until one succeeds, then the rest together."""
+        rest = list(jobs)
         try:
-            if jobs:
-                await self._create(jobs[0])
+            # A refused key, a wrong base URL or an unreachable API then costs one create
+            # (or none), not one per concurrency slot.
+            while rest and not self._proven and not self.stopping:
+                await self._create(rest.pop(0))
             async with anyio.create_task_group() as tg:
-                for job in jobs[1:]:
+                for job in rest:
                     tg.start_soon(self._create, job)
         finally:
             self.settled.set()
@@ -123,16 +134,16 @@ class Creates:
                     with marking(mark):
                         task = await create_job(self._client, job)
                 except (AuthenticationError, PermissionDeniedError) as exc:
-                    self._set_now(job, "pending", None)  # refused: nothing billed
-                    self.refusal = self.refusal or exc
-                    self.stopping = True
-                    self._on_given_up(job)
+                    self._end_run(job, exc)  # refused: nothing billed
                     return True
                 except (ValueError, TypeError, OSError) as exc:
                     # Local (a reference image unreadable now): nothing was sent.
                     self._give_up(job, "pending", error_text(exc))
                     return True
                 except Aio88Error as exc:
+                    if (fatal := self._fatal(exc, mark)) is not None:
+                        self._end_run(job, fatal)
+                        return True
                     fate = fate_of_failed_create(exc, sent=mark.sent)
                     if fate.state == "pending" and attempt < CREATE_RESENDS and mark.sent:
                         # Complete, and it created nothing: sent again after a pause.
@@ -143,10 +154,38 @@ class Creates:
                     return True
             # Committed at once: from here on a crash leaves a task to poll, not to guess.
             self._ledger.set_state(job.key, "submitted", task_id=task.id)
+            self._proven = True
             self._printer.detail("created", key=job.key, id=task.id)
             self._on_created(job, task)
             return True
         raise AssertionError("unreachable: the last attempt always settles")  # pragma: no cover
+
+    def _fatal(self, error: Aio88Error, mark: SendMark) -> Exception | None:
+        """The error that ends the run, if ``error`` says every create would fail alike."""
+        if (
+            isinstance(error, APIStatusError)
+            and error.status_code in (404, 405)
+            and "model" not in str(error).lower()  # "no such model" is the job's own
+        ):
+            return UsageError(
+                f"the API has no create route at {self._client.base_url} (HTTP "
+                f"{error.status_code}); check AIO88_BASE_URL: the API's root, such as "
+                "https://88api.ai, without /videos. Nothing was created"
+            )
+        if isinstance(error, APIConnectionError) and not mark.sent and not self._proven:
+            return APIConnectionError(
+                f"cannot reach the API ({error}); nothing was sent: rerun when it is "
+                "reachable (check AIO88_BASE_URL and any proxy settings)",
+                request_sent=False,
+            )
+        return None
+
+    def _end_run(self, job: Job, why: Exception) -> None:
+        """Stop the run for ``why``; ``job`` stays pending (nothing of it was billed)."""
+        self._set_now(job, "pending", None)
+        self.fatal = self.fatal or why
+        self.stopping = True
+        self._on_given_up(job)
 
     def _give_up(self, job: Job, state: str, why: str | None) -> None:
         self._set_now(job, state, why)

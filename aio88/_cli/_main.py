@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -20,15 +21,29 @@ from ._run import ledger_status, run_batch
 from ._task import create, download, status, wait
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes end as every other usage error does: one line on stderr
+    (and an ``error`` event with ``--json``), exit 2, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _rate(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
@@ -36,13 +51,13 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aio88`` command line."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aio88",
         description="Create, poll and download 88API videos. Reads AIO88_API_KEY and "
         "AIO88_BASE_URL. Exit codes: 0 all ok, 1 some tasks failed, 2 usage error.",
     )
     parser.add_argument("--version", action="version", version=f"aio88 {__version__}")
-    output = argparse.ArgumentParser(add_help=False)
+    output = _Parser(add_help=False)
     output.add_argument(
         "--json", action="store_true", help="print JSON lines (numbers as numbers, errors too)"
     )
@@ -57,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="print every event, and log retries on stderr (-vv: every request)",
     )
-    kinds = argparse.ArgumentParser(add_help=False)
+    kinds = _Parser(add_help=False)
     kinds.add_argument(
         "--kind",
         choices=["video", "generation"],
@@ -183,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return Printer(json_lines="--json" in argv).error(str(exc), EXIT_USAGE)
     printer = Printer(json_lines=args.json, quiet=args.quiet, verbose=args.verbose)
     if args.verbose:
         _log_to_stderr(logging.INFO if args.verbose == 1 else logging.DEBUG)

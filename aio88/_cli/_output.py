@@ -65,10 +65,11 @@ class Tally:
 class Printer:
     """Writes progress and results as a live line (terminal), plain lines, or JSON lines.
 
-    Three kinds of events, by how much the user asked to see: :meth:`problem` (a job
-    failed, refused, unconfirmed, timed out, a file missing...) always; :meth:`event` (a
-    result: a file saved, a task's status) unless ``--quiet``; :meth:`detail` (each create,
-    each resend) only with ``-v``. The summary and fatal errors always.
+    Kinds of events, by how much the user asked to see: :meth:`problem` (a job failed,
+    refused, unconfirmed, timed out, a file missing...) and :meth:`result` (what a
+    one-task command exists to print) always; :meth:`event` (a batch's file saved) unless
+    ``--quiet``; :meth:`detail` (each create, each resend) only with ``-v``. The summary
+    and fatal errors always.
     """
 
     def __init__(
@@ -88,6 +89,10 @@ class Printer:
 
     def problem(self, name: str, /, **fields: Any) -> None:
         """Something the user must know about (shown even with ``--quiet``)."""
+        self._write(name, fields)
+
+    def result(self, name: str, /, **fields: Any) -> None:
+        """The one result of a one-task command (its task, its file): always shown."""
         self._write(name, fields)
 
     def event(self, name: str, /, **fields: Any) -> None:

@@ -20,10 +20,14 @@ from .._ledger import Job, Ledger
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
 from .._partfile import file_facts
+from ._api import api_client
 from ._creates import Creates
 from ._interrupt import Interrupt
 from ._jobs import load_jobs
 from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, UsageError, error_text, outcome_event
+
+#: The states --status lists job by job (the others are counted): what needs a decision.
+_LOOSE_ENDS = ("failed", "rejected", "unconfirmed", "download_failed")
 
 
 def writable_folder(folder: Path) -> Path:
@@ -41,7 +45,7 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 run JOBS --out DIR``: create, poll and download, surviving crashes."""
     jobs = load_jobs(Path(args.jobs))
     out = writable_folder(Path(args.out))
-    client = Client(rate_limit=args.rate_limit)  # a missing key raises before anything is sent
+    client = api_client(rate_limit=args.rate_limit)  # no key: refused before anything is sent
     ledger = Ledger(out)
     try:
         _check_edits(ledger, jobs, replace=args.replace)
@@ -172,7 +176,7 @@ async def _run_jobs(
 
             async def create_all() -> None:
                 await creates.run(to_create)
-                if creates.refusal is not None:
+                if isinstance(creates.fatal, AuthenticationError | PermissionDeniedError):
                     tg.cancel_scope.cancel()  # the polls would be refused too
 
             tg.start_soon(create_all)
@@ -184,8 +188,8 @@ async def _run_jobs(
             except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
                 refused.append(exc)
             tg.cancel_scope.cancel()  # every job is settled: stop listening for Ctrl-C
-    if creates.refusal is not None:
-        refused.insert(0, creates.refusal)
+    if creates.fatal is not None:
+        refused.insert(0, creates.fatal)
     if refused:
         # Raised here, outside the task group, so that it reaches the user as itself: one
         # line and exit 2, not an ExceptionGroup's traceback.
@@ -193,11 +197,8 @@ async def _run_jobs(
     counts = ledger.counts()
     if interrupt.signal is not None:
         interrupt.explain(counts)
-    elif timed_out:
-        printer.note(
-            f"{timed_out} task(s) still running at --timeout {args.timeout:g}s; they stay "
-            "in the ledger: rerun the same command to poll and download them"
-        )
+    else:
+        _what_next(printer, counts, timed_out, args.timeout)
     printer.summary(
         jobs=sum(counts.values()),
         **{state: counts[state] for state in sorted(counts)},
@@ -212,17 +213,40 @@ async def _run_jobs(
     return EXIT_OK if counts["downloaded"] == sum(counts.values()) else EXIT_FAILED
 
 
+def _what_next(printer: Printer, counts: Counter[str], timed_out: int, timeout: float) -> None:
+    """After a run that did not settle everything: one line per kind of loose end, saying
+    what to do about it."""
+    if timed_out:
+        printer.note(
+            f"{timed_out} task(s) still running at --timeout {timeout:g}s; they stay in the "
+            "ledger: rerun the same command to poll and download them"
+        )
+    if counts["pending"]:
+        printer.note(
+            f"{counts['pending']} job(s) not created (nothing billed, see each one's error): "
+            "rerun the same command to send them"
+        )
+    if counts["unconfirmed"]:
+        printer.note(
+            f"{counts['unconfirmed']} job(s) unconfirmed: the create was sent and its answer "
+            "never came, so the task may exist and be billed. Check the 88API console; "
+            "--resend-unconfirmed creates them again (paying twice for any that exist)"
+        )
+    if counts["rejected"]:
+        printer.note(
+            f"{counts['rejected']} job(s) rejected by the API (nothing billed, see each "
+            'one\'s error): fix the line and give it a new "key" to send it again'
+        )
+
+
 def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> int:
     """``aio88 run --status DIR``: summarise a ledger without touching the network."""
     if not (folder / Ledger.FILE_NAME).exists():
         raise UsageError(f"no ledger in {folder} (looked for {Ledger.FILE_NAME})")
     ledger = Ledger(folder, lock=False)  # reading only: a run may be going on
     try:
-        for job in ledger.jobs():
-            if job.state != "downloaded":
-                printer.problem(
-                    job.state, key=job.key, line=job.line, id=job.task_id, error=job.error
-                )
+        for job in ledger.jobs(*_LOOSE_ENDS):
+            printer.problem(job.state, key=job.key, line=job.line, id=job.task_id, error=job.error)
         problems = anyio.run(_check_files, ledger)
         for job, problem in problems:
             printer.problem(problem, key=job.key, id=job.task_id, path=job.path)

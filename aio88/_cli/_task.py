@@ -8,6 +8,7 @@ from typing import Any
 from .._client import Client
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
+from ._api import api_client
 from ._output import EXIT_FAILED, EXIT_OK, Printer, UsageError, error_text, size_of
 
 
@@ -41,23 +42,23 @@ async def create(args: argparse.Namespace, printer: Printer) -> int:
         raise UsageError("--duration is for generations; videos take --seconds")
     if args.kind == "generation" and "seconds" in fields:
         raise UsageError("--seconds is for videos; generations take --duration")
-    async with Client() as client:
+    async with api_client() as client:
         task = await _resource(client, args.kind).create(**fields)
-    printer.event("created", kind=args.kind, **_task_fields(task))
+    printer.result("created", kind=args.kind, **_task_fields(task))
     return EXIT_OK
 
 
 async def status(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 status ID``: print a task's state."""
-    async with Client() as client:
+    async with api_client() as client:
         task = await _resource(client, args.kind).retrieve(args.id)
-    printer.event("status", kind=args.kind, **_task_fields(task))
+    printer.result("status", kind=args.kind, **_task_fields(task))
     return EXIT_FAILED if task.status is Status.FAILED else EXIT_OK
 
 
 async def wait(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 wait ID``: wait for a task; optionally download it."""
-    async with Client() as client:
+    async with api_client() as client:
         async with client.watch([args.id], kind=args.kind, timeout=args.timeout) as outcomes:
             [outcome] = [o async for o in outcomes]
         if outcome.ok and args.download and outcome.task is not None:
@@ -68,17 +69,17 @@ async def wait(args: argparse.Namespace, printer: Printer) -> int:
     )
     if outcome.error is not None:
         fields["error"] = error_text(outcome.error)
-    printer.event("done" if outcome.ok else "failed", path=outcome.path, **fields)
+    printer.result("done" if outcome.ok else "failed", path=outcome.path, **fields)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 async def download(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 download ID DEST``: save a finished video."""
-    async with Client() as client:
+    async with api_client() as client:
         if args.kind == "generation":
             task = await client.generations.retrieve(args.id)
             path = await client.download(task, args.dest, overwrite=args.overwrite)
         else:
             path = await client.videos.download(args.id, args.dest, overwrite=args.overwrite)
-    printer.event("downloaded", id=args.id, path=path, bytes=size_of(path))
+    printer.result("downloaded", id=args.id, path=path, bytes=size_of(path))
     return EXIT_OK
