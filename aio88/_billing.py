@@ -40,7 +40,7 @@ def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
             :class:`~aio88._sending.SendMark`).
     """
     if not sent:
-        return CreateFate("pending", "not sent")
+        return CreateFate("pending", f"not sent: {error}")
     if isinstance(error, APIStatusError):
         status = error.status_code
         if status in _TRANSIENT:
@@ -52,11 +52,12 @@ def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
                     f"HTTP {status} {BILLED_WITHOUT_ID}: the server stored and billed the "
                     "task but did not say its id",
                 )
-            if not isinstance(error.body, dict):
-                # Not the API's own JSON answer (a proxy's 502/504, a crash page, nothing):
-                # the create may have gone through behind it.
+            if not _refunded_shape(error):
+                # Not one of new-api's refunded error answers (a proxy's 502/504, its
+                # crash handler, another gateway's JSON, nothing): the create may have gone
+                # through behind it.
                 return CreateFate(
-                    "unconfirmed", f"HTTP {status} without the API's error body: unknown"
+                    "unconfirmed", f"HTTP {status} without new-api's error body: unknown"
                 )
             # new-api refunds every other error answer of a create (docs/billing.md).
             return CreateFate(
@@ -67,3 +68,13 @@ def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
     if isinstance(error, APIConnectionError):
         return CreateFate("unconfirmed", f"sent, and the answer was lost: {error}")
     return CreateFate("unconfirmed", f"sent, then {type(error).__name__}: {error}")
+
+
+def _refunded_shape(error: APIStatusError) -> bool:
+    """Whether a 5xx is one of new-api's own error answers, which it refunds: the task
+    layer's ``{code, message, data}`` (a code) or the middleware's ``new_api_error``
+    (before any upstream call). Its crash handler (``new_api_panic``) may come after the
+    task was stored, so it is not one."""
+    if error.type == "new_api_panic":
+        return False
+    return bool(error.code) or error.type == "new_api_error"

@@ -19,7 +19,6 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_DOWNLOAD_CONCURRENCY",
     "DEFAULT_DOWNLOAD_WORKERS",
-    "INTERRUPT_GRACE",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_POLL_CONCURRENCY",
     "DEFAULT_RETRY",
@@ -30,10 +29,12 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ERROR_BODY_LIMIT",
+    "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
     "POLL_FAIRNESS_STREAK",
     "POOL_KEEPALIVE",
+    "SETUP_PROBES",
     "RetryPolicy",
     "Timeouts",
 ]
@@ -55,6 +56,9 @@ CREATE_KEEPALIVE = 1.0
 #: How many more times ``aio88 run`` sends a create the server provably did not take (a
 #: 429 after the transport's own retries, a 5xx that new-api refunds), in the same run.
 CREATE_RESENDS = 2
+#: Before any create of a run has succeeded, how many jobs in a row may fail (sent) before
+#: the run stops: then the set-up is wrong (a gateway that fails every create), not the jobs.
+SETUP_PROBES = 3
 #: After a first Ctrl-C, how long ``aio88 run`` waits for creates already sent to answer.
 INTERRUPT_GRACE = 5.0
 #: How much of an error body is read: enough for any JSON error, never a whole video.

@@ -299,14 +299,15 @@ class Transport:
         # A create's sending is marked (see _sending): exactly by our sessions' tracing,
         # cautiously (the whole request counts as sent) through a caller's session.
         mark = None if idempotent else current_mark.get() or SendMark()
-        traced = self.owns_session
+        traced = self.owns_session and session is self._create_session
+        taken = False  # a POST answered by a redirect to a GET: the server took it
         attempt = redirects = 0
         while True:
             await self._wait_turn()
             attempt += 1
             self.requests_sent += 1
             location = None
-            if mark is not None:
+            if mark is not None and not taken:
                 mark.new_try()
                 if not traced:
                     await mark.writing()
@@ -347,18 +348,14 @@ class Transport:
                 finally:
                     resp.release()
             except FINAL_ERRORS as exc:
-                raise translate(exc, f"{method} {url.path}") from exc
+                error = translate(exc, f"{method} {url.path}")
+                _agree_on_sent(mark, error, traced=traced, taken=taken)
+                raise error from exc
             except TRANSPORT_ERRORS as exc:
                 # Failures only build strings: the poll path stays lean.
                 what = f"{method} {url.path}"
                 error = translate(exc, what)
-                if mark is not None:
-                    # The tracing saw whether a byte left (a timeout may come before any
-                    # did); without it, the kind of failure is the best guess.
-                    if traced:
-                        error.request_sent = mark.sent
-                    else:
-                        mark.sent = error.request_sent
+                _agree_on_sent(mark, error, traced=traced, taken=taken)
                 delay = self._delay_after_failure(error, exc, what, attempt, idempotent)
                 if mark is not None and not mark.sent:
                     await mark.not_taken()
@@ -371,11 +368,14 @@ class Transport:
                 params = None  # the Location carries its own query
                 if status == 303 or (status in (301, 302) and method == "POST"):
                     method, body = "GET", None  # as browsers do, and RFC 9110 allows
+                    taken = mark is not None  # whatever the GET meets, the create may exist
                 attempt -= 1  # following a redirect is not a retry
                 continue
             what = f"{method} {url.path}"
             if status == 407 and proxy[0] is not None:
                 # The proxy's answer to a plain-HTTP request, not the API's: as on a CONNECT.
+                if mark is not None and not taken:
+                    mark.sent = False  # the proxy kept it
                 raise APIConnectionError(
                     f"{what}: the proxy refused the connection (HTTP 407); check the "
                     "credentials in the proxy URL",
@@ -384,7 +384,7 @@ class Transport:
             delay = self._delay_or_raise(
                 status, resp.headers, error_body, attempt, idempotent, what
             )
-            if mark is not None and status == 429:
+            if mark is not None and status == 429 and not taken:
                 await mark.not_taken()  # a 429 creates nothing: not "maybe billed" while we wait
             if delay > 0:
                 await anyio.sleep(delay)
@@ -549,6 +549,22 @@ class Transport:
             yield Body(resp, block_size)
         finally:
             resp.release()
+
+
+def _agree_on_sent(
+    mark: SendMark | None, error: APIConnectionError, *, traced: bool, taken: bool
+) -> None:
+    """Make a create's failure and its mark agree on whether the request left: a POST the
+    server answered with a redirect was taken; else the tracing saw it exactly (a timeout
+    may come before any byte left); without tracing, the kind of failure is the guess."""
+    if mark is None:
+        return
+    if taken:
+        mark.sent = error.request_sent = True
+    elif traced:
+        error.request_sent = mark.sent
+    else:
+        mark.sent = error.request_sent
 
 
 def _redirect_target(url: URL, location: str, redirects: int, what: str) -> URL:

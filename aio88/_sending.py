@@ -55,7 +55,8 @@ class SendMark:
         self.sent = False
 
     async def writing(self) -> None:
-        """The request is about to be written (once per try: the first call commits)."""
+        """The request is about to be written: commit, unless committed and not undone
+        since (a redirect hop, a retry after a failure that may have reached the server)."""
         if not self.committed:
             await self._before_write()
             self.committed = True

@@ -50,7 +50,9 @@ def make_sessions(
             connector=connector,
             cookie_jar=cookies,
             trust_env=False,  # the environment's proxies are read once, by Proxies
-            trace_configs=[*own, *trace_configs] or None,
+            # Ours last: a caller's hook that pauses then runs before "sent" is noted,
+            # not between it and the write.
+            trace_configs=[*trace_configs, *own] or None,
         )
 
     return session(POOL_KEEPALIVE), session(CREATE_KEEPALIVE, send_tracing())
@@ -62,7 +64,9 @@ def send_tracing() -> aiohttp.TraceConfig:
     aiohttp signals "headers sent" when it *buffers* the headers, before any byte is
     written (they go out with the body's first chunk), and "chunk sent" just before it
     writes each piece of the body. So the first is where a caller commits "may reach the
-    server", and the second is the moment it becomes true. A create always has a body.
+    server", and the second is the moment it becomes true. A create always has a body. (With
+    ``Expect: 100-continue`` the headers go out alone first; a server cannot create from
+    headers without their body, so "not sent" still holds until the body's first chunk.)
     """
 
     async def on_headers(

@@ -31,11 +31,11 @@ def _shape_c(code: str) -> dict[str, object]:
         (_answer(500, _shape_c("do_request_failed")), "pending"),
         (_answer(500, _shape_c("task_insert_failed")), "pending"),
         (_answer(502, _shape_c("plugin_submit_response_invalid")), "pending"),
-        (_answer(503, {"error": {"code": "new_api_error", "message": "no channel"}}), "pending"),
-        (
-            _answer(500, {"error": {"message": "upstream failed", "type": "server_error"}}),
-            "pending",
-        ),
+        (_answer(503, {"error": {"type": "new_api_error", "message": "no channel"}}), "pending"),
+        # Not new-api's refunded answers: its crash handler, other gateways' JSON.
+        (_answer(500, {"error": {"message": "boom", "type": "new_api_panic"}}), "unconfirmed"),
+        (_answer(500, {"error": {"message": "failed", "type": "server_error"}}), "unconfirmed"),
+        (_answer(504, {"message": "Endpoint request timed out"}), "unconfirmed"),
         (_answer(500, _shape_c(BILLED_WITHOUT_ID)), "unconfirmed"),
         # Not new-api's answer: a proxy's page, an empty body. It may have gone through.
         (_answer(502, b"<html><body>Bad Gateway</body></html>"), "unconfirmed"),

@@ -319,7 +319,8 @@ async def test_a_refunded_500_is_sent_again(tmp_path: Path) -> None:
         + json.dumps({"kind": "video", "prompt": "x", "key": "b", "extra": 1})
         + "\n"
     )
-    async with Emulator(duration=(0.1, 0.2), poll_after_ms=POLL_HINT_MS) as emu:
+    # new-api's own 500 (the newapi dialect's shape C, with its code) is refunded.
+    async with Emulator(duration=(0.1, 0.2), poll_after_ms=POLL_HINT_MS, dialect="newapi") as emu:
         emu.inject("500", method="POST", path="/v1/videos", times=1)
         code, stdout, _ = await aio88(
             "run", str(jobs), "--out", str(tmp_path / "o"), "--json", env=env_for(emu)

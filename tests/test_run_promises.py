@@ -17,6 +17,7 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream, Process
 
+from aio88._ledger import Ledger
 from aio88.testing import Emulator, Faults, LoggedRequest
 
 AIO88 = [sys.executable, "-m", "aio88"]
@@ -325,7 +326,7 @@ async def test_ctrl_c_lets_sent_creates_answer_and_twice_stops_at_once(tmp_path:
     async with Emulator(duration=(0.05, 0.1), poll_after_ms=50) as emu:
         env = _env(emu)
         argv = [*AIO88, "run", str(jobs), "--out", str(out), "--json", "--create-concurrency", "2"]
-        emu.faults.latency = 0.5  # every answer takes half a second
+        emu.faults.latency = 2.0  # every answer takes two seconds: Ctrl-C comes first
         async with await anyio.open_process(argv, env=env) as process:
             run = Running(process)
             async with anyio.create_task_group() as tg:
@@ -379,7 +380,9 @@ async def test_a_faulty_batch_killed_and_rerun_pays_once(tmp_path: Path) -> None
     total = 2000
     jobs, out = _jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
     faults = Faults(rate_429=0.03, rate_500=0.02, drop_rate=0.01, truncate_rate=0.01)
-    async with Emulator(duration=(0.05, 0.3), poll_after_ms=50, faults=faults) as emu:
+    async with Emulator(
+        duration=(0.05, 0.3), poll_after_ms=50, faults=faults, dialect="newapi"
+    ) as emu:
         env = _env(emu)
         argv = [*AIO88, "run", str(jobs), "--out", str(out), "--create-concurrency", "16"]
         silent = subprocess.DEVNULL
@@ -387,13 +390,23 @@ async def test_a_faulty_batch_killed_and_rerun_pays_once(tmp_path: Path) -> None
             await _until(lambda: len(emu.tasks) >= total // 2, within=120)
             # Hold every answer from now on, let the answers already given arrive, then
             # kill: the creates in flight are exactly those the server holds.
-            emu.faults.latency = 2.0
-            await anyio.sleep(0.5)
-            held = [r for r in emu.requests if r.method == "POST" and r.status == 0 and not r.fault]
+            emu.faults.latency = 30.0
+            ledger = Ledger(out, lock=False)
+
+            def held_now() -> list[LoggedRequest]:
+                return [
+                    r for r in emu.requests if r.method == "POST" and r.status == 0 and not r.fault
+                ]
+
+            # Until the client's "submitting" jobs are exactly the creates the server holds
+            # (the answers given before have arrived, the creates sent have been read).
+            await _until(lambda: ledger.counts()["submitting"] == len(held_now()) > 0)
+            held = held_now()
             process.kill()
+            ledger.close()
             assert await process.wait() == -signal.SIGKILL
-        await _until(lambda: emu.in_flight == 0, within=30)
         emu.faults.latency = 0.0
+        await _until(lambda: emu.in_flight == 0, within=40)
         code, _, stderr = await _aio88("run", str(jobs), "--out", str(out), "--quiet", env=env)
         assert code == 1, stderr  # some are unconfirmed
 
@@ -443,6 +456,20 @@ async def test_configuration_mistakes_cost_nothing_and_say_what_to_do(
         assert emu.count("POST") == 1
         code, stdout, _ = await _aio88("run", "--status", str(tmp_path / "a"), "--json", env=env)
         assert _events(stdout)[-1]["pending"] == 6
+
+        # A gateway failing every create (here 500s that do not say "refunded"): three
+        # tries, then the run stops; the jobs not sent stay pending.
+        emu.faults.rate_500 = 1.0
+        code, stdout, stderr = await _aio88(
+            "run", str(jobs), "--out", str(tmp_path / "p"), "--json", env=_env(emu)
+        )
+        assert code == 1 and "the first 3 creates all failed" in stderr
+        assert emu.count("POST") == 1 + 3
+        assert _events(stdout)[-1]["event"] == "error"
+        code, stdout, _ = await _aio88("run", "--status", str(tmp_path / "p"), "--json", env=env)
+        summary = _events(stdout)[-1]
+        assert summary["unconfirmed"] == 3 and summary["pending"] == 3
+        emu.faults.rate_500 = 0.0
 
         # openai-python's way of writing the base URL works as it is.
         env = {**_env(emu), "AIO88_BASE_URL": emu.base_url + "/v1"}

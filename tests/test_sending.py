@@ -29,6 +29,7 @@ class Journal:
         self.events: list[str] = []
         self.emulator = emulator
         self.mark = SendMark(self._before_write, self._not_taken)
+        self.undone = anyio.Event()
 
     async def _before_write(self) -> None:
         seen = self.emulator.creates if self.emulator is not None else None
@@ -36,9 +37,11 @@ class Journal:
 
     async def _not_taken(self) -> None:
         self.events.append("undo")
+        self.undone.set()
 
 
 def _client(base_url: str, **options: object) -> Client:
+    # (A base URL ending in /v1 is fine: the client takes it off.)
     return Client(api_key="sk-test", base_url=base_url, retry=FAST, **options)  # type: ignore[arg-type]
 
 
@@ -78,7 +81,7 @@ async def test_a_429_is_undone_while_waiting_then_committed_again() -> None:
         assert len(emu.tasks) == 1
 
 
-async def test_a_429_to_the_end_leaves_it_uncommitted_for_the_caller() -> None:
+async def test_a_429_to_the_end_is_the_callers_to_read() -> None:
     async with Emulator(api_key="sk-test") as emu, _client(emu.base_url) as client:
         emu.inject("429", times=5, method="POST", retry_after=0.01)
         journal = Journal(emu)
@@ -111,20 +114,33 @@ async def test_cancelled_while_waiting_for_an_answer_counts_as_sent() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with server, _client(f"http://127.0.0.1:{port}/v1") as client:
+    async with server, _client(f"http://127.0.0.1:{port}") as client:
         journal = Journal()
-        with marking(journal.mark), anyio.move_on_after(0.3):
-            await client.videos.create(prompt="a fox")
-    assert received.is_set()
+        async with anyio.create_task_group() as tg:
+
+            async def create() -> None:
+                with marking(journal.mark):
+                    await client.videos.create(prompt="a fox")
+
+            tg.start_soon(create)
+            await received.wait()  # the server has the request: now cancel
+            tg.cancel_scope.cancel()
     assert journal.mark.sent and journal.mark.committed
 
 
 async def test_cancelled_in_a_429_backoff_is_not_sent() -> None:
     async with Emulator(api_key="sk-test") as emu, _client(emu.base_url) as client:
-        emu.inject("429", times=1, method="POST", retry_after=5)
+        emu.inject("429", times=1, method="POST", retry_after=30)
         journal = Journal(emu)
-        with marking(journal.mark), anyio.move_on_after(0.5):
-            await client.videos.create(prompt="a fox")
+        async with anyio.create_task_group() as tg:
+
+            async def create() -> None:
+                with marking(journal.mark):
+                    await client.videos.create(prompt="a fox")
+
+            tg.start_soon(create)
+            await journal.undone.wait()  # the 429 came: the create waits out Retry-After
+            tg.cancel_scope.cancel()
         assert not journal.mark.sent and not journal.mark.committed
         assert journal.events == ["commit (server had 0)", "undo"]
 
@@ -174,3 +190,47 @@ async def test_without_a_mark_the_error_still_says_exactly(
         with pytest.raises(APIConnectionError) as caught:
             await client.videos.create(prompt="a fox")
     assert caught.value.request_sent is True
+
+
+async def test_a_create_redirected_to_a_get_was_taken(
+    raw_server: Callable[[_Answer], asyncio.Future[int]],
+) -> None:
+    """A 303 after a POST says "created, look there": if the GET then fails, the create
+    still may exist, and says so."""
+    port = await raw_server(
+        lambda request: (
+            b"HTTP/1.1 303 See Other\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+            if request.startswith(b"POST")
+            else None  # the GET: closed without an answer
+        )
+    )
+    async with _client(f"http://127.0.0.1:{port}") as client:
+        journal = Journal()
+        with marking(journal.mark), pytest.raises(APIConnectionError) as caught:
+            await client.videos.create(prompt="a fox")
+    assert caught.value.request_sent is True
+    assert journal.mark.sent and journal.events == ["commit (server had None)"]
+
+
+async def test_a_create_redirected_with_307_is_sent_again(
+    raw_server: Callable[[_Answer], asyncio.Future[int]],
+) -> None:
+    """A 307 asks for the same POST elsewhere: the first hop created nothing."""
+    body = b'{"id": "video_1", "object": "video", "status": "queued", "model": "sora-2"}'
+
+    def answer(request: bytes) -> bytes:
+        if request.startswith(b"POST /v1/videos "):
+            return b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v2/videos\r\n" + (
+                b"Content-Length: 0\r\n\r\n"
+            )
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + (
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    port = await raw_server(answer)
+    async with _client(f"http://127.0.0.1:{port}") as client:
+        journal = Journal()
+        with marking(journal.mark):
+            video = await client.videos.create(prompt="a fox")
+    assert video.id == "video_1"
+    assert journal.mark.sent and journal.events == ["commit (server had None)"]

@@ -4,7 +4,8 @@
 the crash-safe batch tool for the real API; ``create``, ``status``, ``wait`` and
 ``download`` handle one task; ``emulator`` serves an emulated 88API.
 
-Exit codes: 0 every task ok, 1 some tasks failed, 2 a usage or configuration error.
+Exit codes: 0 every task ok, 1 some tasks failed or not settled, 2 a usage or
+configuration error, 130 interrupted (143 for SIGTERM).
 """
 
 from ._main import main

@@ -19,7 +19,7 @@ import anyio
 
 from .._billing import fate_of_failed_create
 from .._client import Client
-from .._config import CREATE_RESENDS, RetryPolicy
+from .._config import CREATE_RESENDS, SETUP_PROBES, RetryPolicy
 from .._errors import (
     Aio88Error,
     APIConnectionError,
@@ -32,7 +32,11 @@ from .._models import GenerationTask, Video
 from .._retry import backoff_delay
 from .._sending import SendMark, marking
 from ._jobs import create_job
-from ._output import Printer, UsageError, error_text
+from ._output import Printer, UsageError
+
+
+class _CalledOff(Exception):
+    """Raised by the sending hook after Ctrl-C: the create must not go out."""
 
 
 class Creates:
@@ -71,6 +75,8 @@ class Creates:
         """Why the run cannot go on: the key refused, no such route at the base URL, the
         API unreachable. Every job not created stays ``pending``."""
         self._proven = False  # a create succeeded: the key, the URL and the network work
+        self._failed_first = 0  # jobs whose create failed, sent, before any succeeded
+        self._settled: set[str] = set()  # jobs whose final state is committed
         self.settled = anyio.Event()
         """Set when every job of :meth:`run` has settled (created, given up or called off)."""
 
@@ -94,7 +100,9 @@ class Creates:
         self.stopping = True
         deadline = anyio.current_time() + grace
         for scope, mark in self._in_flight.values():
-            if mark.sent:
+            # Committed means its bytes may be about to go (aiohttp writes the body from
+            # a task of its own): it gets the grace too, rather than a guess.
+            if mark.sent or mark.committed:
                 scope.deadline = min(scope.deadline, deadline)
             else:
                 scope.cancel()
@@ -107,61 +115,70 @@ class Creates:
 
     async def _create(self, job: Job) -> None:
         mark = SendMark(
-            before_write=partial(self._set, job, "submitting"),
+            before_write=partial(self._before_write, job),
             not_taken=partial(self._set, job, "pending"),
         )
-        settled = False
         try:
             with anyio.CancelScope() as scope:
                 self._in_flight[job.key] = (scope, mark)
-                settled = await self._send(job, mark)
+                await self._send(job, mark)
         finally:
             # Settled, or called off by stop(), or cancelled with the whole run: what
             # the ledger says must match what may have reached the server.
             del self._in_flight[job.key]
-            if not settled:
+            if job.key not in self._settled:
                 self._call_off(job, mark)
 
-    async def _send(self, job: Job, mark: SendMark) -> bool:
-        """Send ``job``'s create until it settles; False if stopped before it did."""
+    async def _before_write(self, job: Job) -> None:
+        if self.stopping:
+            # A retry or redirect of a create after Ctrl-C: nothing of it goes out.
+            raise _CalledOff
+        self._set_now(job, "submitting", None)
+
+    async def _send(self, job: Job, mark: SendMark) -> None:
+        """Send ``job``'s create until it settles, or until the run stops."""
         for attempt in range(CREATE_RESENDS + 1):
             if attempt:
                 await anyio.sleep(backoff_delay(attempt, self._backoff))
             async with self._limiter:
                 if self.stopping:
-                    return False
+                    return
                 try:
                     with marking(mark):
                         task = await create_job(self._client, job)
+                except _CalledOff:
+                    return
                 except (AuthenticationError, PermissionDeniedError) as exc:
                     self._end_run(job, exc)  # refused: nothing billed
-                    return True
-                except (ValueError, TypeError, OSError) as exc:
-                    # Local (a reference image unreadable now): nothing was sent.
-                    self._give_up(job, "pending", error_text(exc))
-                    return True
-                except Aio88Error as exc:
+                    return
+                except (Aio88Error, ValueError, TypeError, OSError) as exc:
+                    # ValueError, TypeError, OSError: local (a reference image unreadable
+                    # now), so normally nothing was sent; the mark says for sure.
                     if (fatal := self._fatal(exc, mark)) is not None:
                         self._end_run(job, fatal)
-                        return True
+                        return
                     fate = fate_of_failed_create(exc, sent=mark.sent)
                     if fate.state == "pending" and attempt < CREATE_RESENDS and mark.sent:
                         # Complete, and it created nothing: sent again after a pause.
                         await mark.not_taken()
                         self._printer.detail("resend", key=job.key, error=fate.why)
                         continue
-                    self._give_up(job, fate.state, fate.why)
-                    return True
+                    self._give_up(job, fate.state, fate.why, mark.sent)
+                    return
             # Committed at once: from here on a crash leaves a task to poll, not to guess.
             self._ledger.set_state(job.key, "submitted", task_id=task.id)
+            self._settled.add(job.key)
             self._proven = True
             self._printer.detail("created", key=job.key, id=task.id)
             self._on_created(job, task)
-            return True
-        raise AssertionError("unreachable: the last attempt always settles")  # pragma: no cover
+            return
 
-    def _fatal(self, error: Aio88Error, mark: SendMark) -> Exception | None:
-        """The error that ends the run, if ``error`` says every create would fail alike."""
+    def _fatal(self, error: Exception, mark: SendMark) -> Exception | None:
+        """The error that ends the run, if ``error`` says every create would fail alike.
+        Only before a create has succeeded: after, the set-up is proven, and a failure is
+        the job's own."""
+        if self._proven:
+            return None
         if (
             isinstance(error, APIStatusError)
             and error.status_code in (404, 405)
@@ -172,7 +189,7 @@ class Creates:
                 f"{error.status_code}); check AIO88_BASE_URL: the API's root, such as "
                 "https://88api.ai, without /videos. Nothing was created"
             )
-        if isinstance(error, APIConnectionError) and not mark.sent and not self._proven:
+        if isinstance(error, APIConnectionError) and not mark.sent:
             return APIConnectionError(
                 f"cannot reach the API ({error}); nothing was sent: rerun when it is "
                 "reachable (check AIO88_BASE_URL and any proxy settings)",
@@ -183,14 +200,27 @@ class Creates:
     def _end_run(self, job: Job, why: Exception) -> None:
         """Stop the run for ``why``; ``job`` stays pending (nothing of it was billed)."""
         self._set_now(job, "pending", None)
+        self._settled.add(job.key)
         self.fatal = self.fatal or why
         self.stopping = True
         self._on_given_up(job)
 
-    def _give_up(self, job: Job, state: str, why: str | None) -> None:
+    def _give_up(self, job: Job, state: str, why: str, sent: bool) -> None:
         self._set_now(job, state, why)
+        self._settled.add(job.key)
         self._printer.problem(state, key=job.key, line=job.line, error=why)
         self._on_given_up(job)
+        if sent and not self._proven:
+            # Before any success, failures in a row mean the set-up, not the jobs: stop
+            # before they cost more.
+            self._failed_first += 1
+            if self._failed_first >= SETUP_PROBES:
+                self.fatal = self.fatal or Aio88Error(
+                    f"the first {SETUP_PROBES} creates all failed (the last: {why}); the run "
+                    "stops there, so that a set-up problem costs no more. The jobs not sent "
+                    "stay pending: rerun once the API takes creates"
+                )
+                self.stopping = True
 
     def _call_off(self, job: Job, mark: SendMark) -> None:
         """The create stopped before it settled (a Ctrl-C): sent or not decides."""

@@ -6,10 +6,11 @@ takes them up again (a download resumes its ``.part``)."""
 from __future__ import annotations
 
 import signal
+import sys
 from collections import Counter
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from .._config import INTERRUPT_GRACE
 from ._creates import Creates
@@ -25,9 +26,17 @@ class Interrupt:
         self.signal: int | None = None
         """The first signal received, if any (the exit code is 128 + it)."""
 
-    async def listen(self, run: TaskGroup) -> None:
-        """Until ``run`` is cancelled: handle the signals, ending ``run`` as they ask."""
+    async def listen(
+        self, run: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until ``run`` is cancelled: handle the signals, ending ``run`` as they ask.
+        Started with ``await run.start(...)``, so that it listens before the first create.
+        (POSIX signals: on Windows, Ctrl-C stays Python's KeyboardInterrupt.)"""
+        if sys.platform == "win32":  # pragma: no cover - asyncio has no signal handlers there
+            task_status.started()
+            await anyio.sleep_forever()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 if self.signal is None:
                     self.signal = int(signum)

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aio88",
         description="Create, poll and download 88API videos. Reads AIO88_API_KEY and "
-        "AIO88_BASE_URL. Exit codes: 0 all ok, 1 some tasks failed, 2 usage error.",
+        "AIO88_BASE_URL. Exit codes: 0 all ok, 1 some tasks failed or not settled, 2 usage "
+        "or configuration error, 130 interrupted (143 for SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"aio88 {__version__}")
     output = _Parser(add_help=False)
@@ -177,6 +178,13 @@ COMMANDS = {
 }
 
 
+def _refusal(error: AuthenticationError | PermissionDeniedError) -> str:
+    """A 401 or 403 in words that say what to do: a key to fix, or a balance to top up."""
+    if "quota" in f"{error.code} {error}".lower():
+        return f"the account's quota is not enough ({error}): top up on 88API, then rerun"
+    return f"the API refused the key: {error}"
+
+
 def _log_to_stderr(level: int) -> None:
     """Show aio88's log (retries, then every request) on stderr, as ``aio88: ...`` lines."""
     log = logging.getLogger("aio88")
@@ -215,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, LedgerBusyError, ValueError) as exc:  # ValueError: no key, bad URL
         return printer.error(str(exc), EXIT_USAGE)
     except (AuthenticationError, PermissionDeniedError) as exc:
-        return printer.error(f"the API refused the key: {exc}", EXIT_USAGE)
+        return printer.error(_refusal(exc), EXIT_USAGE)
     except Aio88Error as exc:
         return printer.error(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:

@@ -172,7 +172,7 @@ async def _run_jobs(
         interrupt = Interrupt(creates, printer)
         refused: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(interrupt.listen, tg)
+            await tg.start(interrupt.listen, tg)
 
             async def create_all() -> None:
                 await creates.run(to_create)

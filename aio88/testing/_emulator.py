@@ -338,7 +338,7 @@ class Emulator:
         request_id = f"{self.now_unix()}{next(self._request_ids):012d}emu"
         try:
             if self.faults.latency:
-                await asyncio.sleep(self.faults.latency)
+                await self._hold()
             fault, retry_after = self._faults.pick(request.method, request.path, self.faults)
             entry.fault = fault
             response: web.StreamResponse
@@ -377,6 +377,14 @@ class Emulator:
             raise web.HTTPException() from None
         finally:
             self.in_flight -= 1
+
+    async def _hold(self) -> None:
+        """Wait ``faults.latency`` seconds, re-reading it as it goes: lowering it lets the
+        requests already waiting go (a test holds answers, then releases them)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (left := self.faults.latency - (loop.time() - started)) > 0:  # noqa: ASYNC110 - a plain field, no event to wait on
+            await asyncio.sleep(min(left, 0.05))
 
     @web.middleware
     async def _media_middleware(
