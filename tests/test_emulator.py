@@ -13,8 +13,10 @@ import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anyio
 import pytest
 
+from aio88 import Client
 from aio88.testing import Emulator, Faults, ManualClock
 
 AUTH = {"Authorization": "Bearer sk-test"}
@@ -289,3 +291,20 @@ async def test_any_id_answers_unknown_ids(http: aiohttp.ClientSession) -> None:
         async with http.get(f"{emu.base_url}/v1/video/generations/g1", headers=AUTH) as resp:
             assert (await resp.json())["status"] == "succeeded"
         assert emu.tasks["g1"].kind == "generation"
+
+
+async def test_a_client_gone_while_its_create_is_held(caplog: pytest.LogCaptureFixture) -> None:
+    """Answers held (latency), a client that leaves, then the hold released: the emulator
+    logs the request as unanswered, quietly, and creates nothing from a body it lost."""
+    async with Emulator(api_key="sk-test") as emu:
+        emu.faults.latency = 30.0
+        async with Client("sk-test", base_url=emu.base_url) as client:
+            with anyio.move_on_after(0.3):
+                await client.videos.create(prompt="a fox")
+        emu.faults.latency = 0.0  # releases the waiting request at once
+        with anyio.fail_after(5):
+            while emu.in_flight:  # noqa: ASYNC110 - a counter, no event
+                await anyio.sleep(0.01)
+        (request,) = emu.requests
+        assert request.status == 0
+    assert "Error handling request" not in caplog.text

@@ -372,8 +372,10 @@ class Emulator:
                 if fault == "truncate" and isinstance(response, web.Response):
                     await send_truncated(request, response)
             return response
-        except ConnectionCut:
-            # The connection is already closed; tell aiohttp there is nothing to send.
+        except (ConnectionCut, ConnectionResetError):
+            # The connection is already closed (by a fault, or by a client that went away
+            # while its request waited): tell aiohttp there is nothing to send.
+            entry.status = 0
             raise web.HTTPException() from None
         finally:
             self.in_flight -= 1
