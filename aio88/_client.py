@@ -32,6 +32,7 @@ from ._config import (
     ENV_BASE_URL,
     RetryPolicy,
     Timeouts,
+    check_timeout,
 )
 from ._download import Downloader, Source
 from ._errors import DownloadError
@@ -228,7 +229,7 @@ class Client:
             task_or_url: A task (its ``url``, falling back to the API's content endpoint
                 when that link has expired), a video id, or an absolute URL. The API key
                 goes only to the API's own origin.
-            dest: The file to write.
+            dest: The file to write; its missing folders are created.
             resume: Continue an existing ``.part`` (else start over).
             overwrite: Fetch again even if ``dest`` exists.
             sha256: The expected hex SHA-256; a mismatch discards the file.
@@ -241,7 +242,8 @@ class Client:
 
         Raises:
             DownloadError: A message where a video was expected (the task is not finished,
-                or the link expired), a size or checksum mismatch, or a disk problem.
+                or the link expired), a size or checksum mismatch, or a disk problem (a
+                folder of ``dest`` that cannot be created, a full disk).
         """
         return await self._downloader.download(
             task_or_url,
@@ -328,8 +330,10 @@ class Client:
             ids: Task ids, or tasks (a task's type gives its kind).
             kind: The kind of plain string ids: ``"generation"`` or ``"video"``.
             schedule: When to poll; the docs' tiers, progress-aware, by default.
-            timeout: Each task's deadline in seconds from now; ``None``: no deadline.
-            batch_timeout: A deadline for the whole batch; what is left then times out.
+            timeout: Each task's deadline in seconds from now; ``None``: no deadline;
+                ``0``: each task is polled once.
+            batch_timeout: A deadline for the whole batch; what is left then times out
+                (a task added after it is polled once).
             concurrency: The most poll requests in flight at once.
             download_dir: Save each succeeded video to ``<download_dir>/<id>.<format or
                 mp4>`` (soonest-expiring first) before yielding its outcome, with the path
@@ -338,7 +342,13 @@ class Client:
                 client's ``download_concurrency``).
             on_update: Called with a task whenever its status or progress changes.
             clock: The time source; tests pass ``aio88.testing.ManualClock``.
+
+        Raises:
+            ValueError: ``timeout`` or ``batch_timeout`` is negative.
+            DownloadError: ``download_dir`` cannot be created.
         """
+        check_timeout(timeout)
+        check_timeout(batch_timeout, "batch_timeout")
         directory = None
         if download_dir is not None:
             directory = Path(download_dir)

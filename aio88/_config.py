@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CONGESTION_RECOVERY",
     "CREATE_KEEPALIVE",
     "CREATE_RESENDS",
     "DEFAULT_BASE_URL",
@@ -32,11 +33,14 @@ __all__ = [
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
+    "POLL_CONCURRENCY_FLOOR",
     "POLL_FAIRNESS_STREAK",
+    "RATE_FLOOR",
     "POOL_KEEPALIVE",
     "SETUP_PROBES",
     "RetryPolicy",
     "Timeouts",
+    "check_timeout",
 ]
 
 #: The environment variable the API key is read from when ``api_key`` is not given.
@@ -49,6 +53,13 @@ DEFAULT_BASE_URL = "https://88api.ai"
 DEFAULT_MAX_CONNECTIONS = 100
 #: How long an idle pooled connection is kept for reuse (aiohttp's default).
 POOL_KEEPALIVE = 15.0
+#: After 429s, seconds for a poller's concurrency (or a client's rate) to grow back from its
+#: floor to what it was configured for with time alone (successes make it sooner).
+CONGESTION_RECOVERY = 5.0
+#: The least share of its concurrency a poller keeps after 429s: a batch keeps moving.
+POLL_CONCURRENCY_FLOOR = 1 / 4
+#: The least share of ``rate_limit`` a client keeps after 429s.
+RATE_FLOOR = 1 / 16
 #: A create reuses a pooled connection only if it was used this many seconds ago at most:
 #: servers close idle connections after a few seconds (nginx: 75 s, many balancers: 5 s),
 #: and a POST sent on a connection being closed fails although the server never saw it.
@@ -150,3 +161,23 @@ class RetryPolicy:
 DEFAULT_TIMEOUTS = Timeouts()
 #: The retry policy a client uses unless given another.
 DEFAULT_RETRY = RetryPolicy()
+
+
+def check_timeout(value: float | None, name: str = "timeout") -> float | None:
+    """``value`` if it is a usable deadline: seconds, 0 or more, or ``None`` for none.
+
+    Raises:
+        TypeError: It is not a number.
+        ValueError: It is negative (or NaN): a deadline already past is a mistake, not
+            "look once", which is what ``0`` means.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if not value >= 0:  # also refuses NaN, which compares false with everything
+        raise ValueError(
+            f"{name} must be 0 or more seconds (0 polls once), or None to wait without a "
+            f"deadline; got {value!r}"
+        )
+    return value

@@ -34,7 +34,7 @@ from ._errors import (
     RateLimitError,
 )
 from ._http import Transport
-from ._models import GenerationTask, Status, Video, check_id
+from ._models import GenerationTask, Status, Video, check_id, redact_url
 from ._partfile import PartFile, Progress, sha256_matches
 from ._retry import backoff_delay
 from ._writer import PartWriter
@@ -123,6 +123,8 @@ class Downloader:
         transport = self._transport
         transport.open()  # on first use; refuses a closed client before anything is sent
         urls = _candidate_urls(transport, source, variant)
+        # Only now, with a source that can be fetched: a refused one leaves no folder.
+        await anyio.to_thread.run_sync(target.make_folder)
         if isinstance(urls[0], str):
             await _write_data_uri(urls[0], target)
             return target.dest
@@ -254,7 +256,7 @@ async def _fetch_once(
         if exc.status_code == 416 and offset:
             return await _complete_after_416(exc, target, offset)
         raise DownloadError(
-            f"could not download {url.with_query(None)}: {exc.message}",
+            f"could not download {redact_url(str(url))}: {exc.message}",
             path=target.dest,
             status_code=exc.status_code,
         ) from exc

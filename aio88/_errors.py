@@ -303,6 +303,15 @@ _HINT_BY_STATUS = {
     429: "the client backs off and retries reads by itself; lower rate_limit or concurrency",
 }
 
+#: Statuses that, from a media server (a CDN or a vendor's storage: not the API), say its
+#: link is no good: signed links expire, and the API key has nothing to do with them.
+_MEDIA_REFUSALS = frozenset({401, 403, 404, 410})
+_MEDIA_HINT = (
+    "answered by {host}, a media server, not the API: the link may have expired or been "
+    "refused by its CDN (the API key is not sent there); retrieve the task again for a "
+    "fresh link, or download through the API's /v1/videos/{{id}}/content"
+)
+
 _body_decoder = msgspec.json.Decoder()
 
 
@@ -337,6 +346,7 @@ def make_status_error(
     headers: Mapping[str, str],
     *,
     retry_after: float | None = None,
+    media_host: str | None = None,
 ) -> APIStatusError:
     """Build the right :class:`APIStatusError` subclass for an HTTP error response.
 
@@ -345,6 +355,9 @@ def make_status_error(
     middleware's ``new_api_error``, an empty body (the per-IP 429) and non-JSON text.
     The class comes from the HTTP status first; 400 ``task_not_exist`` is a
     :class:`NotFoundError`, because that is what it means.
+
+    ``media_host`` names the server that answered when it is not the API (a redirect's
+    or a task URL's media origin): then the message blames the link, not the API key.
     """
     decoded: object = None
     if body.strip():
@@ -377,7 +390,10 @@ def make_status_error(
     if code and code != message:
         parts.append(f"[{code}]")
     text = " ".join(parts) + f": {message or '(empty body)'}"
-    hint = _HINT_BY_STATUS.get(status_code)
+    if media_host is not None and status_code in _MEDIA_REFUSALS:
+        hint: str | None = _MEDIA_HINT.format(host=media_host)
+    else:
+        hint = _HINT_BY_STATUS.get(status_code)
     if hint:
         text += f" - {hint}"
 

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ._errors import APIConnectionError, APITimeoutError
+from ._models import redact_url
 
 __all__ = ["FINAL_ERRORS", "TRANSPORT_ERRORS", "translate"]
 
@@ -58,7 +59,11 @@ def translate(exc: BaseException, what: str) -> APIConnectionError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return APIConnectionError(f"{what}: the server closed the connection mid-body")
     if isinstance(exc, aiohttp.InvalidURL):
-        return APIConnectionError(f"{what}: the server redirected to an unusable URL ({exc})")
+        # Its text is the URL itself, whose query may be a signed link's credential.
+        shown = redact_url(str(exc.url))
+        if exc.description:
+            shown += f" - {exc.description}"
+        return APIConnectionError(f"{what}: the server redirected to an unusable URL ({shown})")
     if isinstance(exc, aiohttp.ClientResponseError):
         # aiohttp's parser refused the answer (a bad status line, a malformed header...)
         return APIConnectionError(f"{what}: the server's answer is not valid HTTP ({exc.message})")

@@ -27,6 +27,7 @@ from ._config import ERROR_BODY_LIMIT, MAX_REDIRECTS, RetryPolicy, Timeouts
 from ._errors import APIConnectionError, make_status_error, request_id_from
 from ._failures import FINAL_ERRORS, TRANSPORT_ERRORS, translate
 from ._headers import build_headers, check_headers
+from ._models import redact_url
 from ._proxies import DIRECT, Proxies, ProxyChoice, ProxySetting
 from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._sending import SendMark, current_mark
@@ -147,6 +148,8 @@ class Transport:
         self.requests_sent = 0
         #: 429 answers seen.
         self.rate_limited = 0
+        #: 429 answers without ``Retry-After``: the server said to slow down, not how much.
+        self.rate_limited_unpaced = 0
         #: Retries made.
         self.retries = 0
 
@@ -210,13 +213,21 @@ class Transport:
         """The proxy a request to ``url`` goes through (None: directly), and its headers."""
         return DIRECT if self._proxies is None else self._proxies.for_url(url)
 
+    def is_api(self, url: URL) -> bool:
+        """Whether ``url`` is on the API's own origin (not a CDN's or a vendor's)."""
+        origin = self.origin
+        return (
+            url.scheme == origin.scheme
+            and url.raw_host == origin.raw_host
+            and url.port == origin.port
+        )
+
     def headers_for(
         self, url: URL, extra: Mapping[str, str] | None = None
     ) -> tuple[CIMultiDict[str], ProxyChoice]:
         """The headers and proxy of a request to ``url``: the user's headers and the
         credentials only for the API's origin, then ``extra`` (Range, Accept...)."""
-        api = url.scheme == self.origin.scheme and url.raw_host == self.origin.raw_host
-        if api and url.port == self.origin.port:
+        if self.is_api(url):
             headers, proxy = CIMultiDict(self._api_headers), self._api_proxy
         else:
             headers, proxy = CIMultiDict(self._plain_headers), self.proxy_for(url)
@@ -229,20 +240,25 @@ class Transport:
     # -- pacing --------------------------------------------------------------------------
 
     async def _wait_turn(self) -> None:
-        """Take a token from the shared rate budget, sleeping if none is free."""
+        """Take a token from the shared rate budget, sleeping if none is free, and past
+        any pause a 429 asked for, also one that came while this request slept."""
         delay = self.rate.reserve(self.clock())
-        if delay > 0:
+        while delay > 0:
             await anyio.sleep(delay)
+            delay = self.rate.paused_until - self.clock()
 
-    def _on_429(self, retry_after: float | None) -> float:
-        """Slow the whole client after a 429; return the pause applied."""
+    def _on_429(self, retry_after: float | None, sent_at: float) -> float:
+        """Slow the whole client after a 429 for a request sent at ``sent_at``; return
+        the pause applied. Only a request sent after the last 429 was acted on makes a new
+        signal (a burst of 429s from requests already in flight counts once)."""
         self.rate_limited += 1
-        self._consecutive_429 += 1
         pause = retry_after
         if pause is None:
-            pause = backoff_delay(self._consecutive_429 - 1, self.retry)
+            self.rate_limited_unpaced += 1
+            pause = backoff_delay(self._consecutive_429, self.retry)
         pause = min(pause, self.retry.retry_after_max)
-        self.rate.on_rate_limited(self.clock(), pause)
+        if self.rate.on_rate_limited(self.clock(), pause, sent_at):
+            self._consecutive_429 += 1
         return pause
 
     # -- the one retry driver --------------------------------------------------------------
@@ -304,6 +320,7 @@ class Transport:
         attempt = redirects = 0
         while True:
             await self._wait_turn()
+            sent_at = self.clock()
             attempt += 1
             self.requests_sent += 1
             location = None
@@ -336,9 +353,9 @@ class Transport:
                 status = resp.status
                 if status < 300:
                     result = await read(resp)
-                    if self._consecutive_429:
+                    if self.rate_limited:  # recovering from 429s (else nothing to do)
                         self._consecutive_429 = 0
-                    self.rate.on_success()
+                        self.rate.on_success(self.clock())
                     return result
                 try:
                     if status in _REDIRECTS and "Location" in resp.headers:
@@ -382,7 +399,14 @@ class Transport:
                     request_sent=False,
                 )
             delay = self._delay_or_raise(
-                status, resp.headers, error_body, attempt, idempotent, what
+                status,
+                resp.headers,
+                error_body,
+                attempt,
+                idempotent,
+                what,
+                sent_at,
+                media_host=None if self.is_api(url) else url.host,
             )
             if mark is not None and status == 429 and not taken:
                 await mark.not_taken()  # a 429 creates nothing: not "maybe billed" while we wait
@@ -425,10 +449,14 @@ class Transport:
         attempt: int,
         idempotent: bool,
         what: str,
+        sent_at: float,
+        *,
+        media_host: str | None = None,
     ) -> float:
-        """For an error status: raise its exception, or return how long to wait to retry."""
+        """For an error status: raise its exception, or return how long to wait to retry.
+        ``media_host``: the server that answered, when it is not the API's."""
         retry_after = parse_retry_after(headers, time.time())
-        pause = self._on_429(retry_after) if status == 429 else 0.0
+        pause = self._on_429(retry_after, sent_at) if status == 429 else 0.0
         policy = self.retry
         delay: float | None = None
         if should_retry(
@@ -440,7 +468,9 @@ class Transport:
         ):
             delay = retry_delay(attempt - 1, policy, retry_after)
         if delay is None:
-            raise make_status_error(status, body, headers, retry_after=retry_after)
+            raise make_status_error(
+                status, body, headers, retry_after=retry_after, media_host=media_host
+            )
         if status == 429:
             # Everyone now waits for the shared pause in _wait_turn; don't add our own.
             self._log_retry(what, attempt, pause, "HTTP 429, the whole client pauses")
@@ -574,9 +604,11 @@ def _redirect_target(url: URL, location: str, redirects: int, what: str) -> URL:
     try:
         target = url.join(URL(location))
     except ValueError as exc:
-        raise APIConnectionError(f"{what}: redirected to an unusable URL {location!r}") from exc
+        raise APIConnectionError(
+            f"{what}: redirected to an unusable URL {redact_url(location)!r}"
+        ) from exc
     if target.scheme not in ("http", "https") or not target.host:
-        raise APIConnectionError(f"{what}: redirected to an unusable URL {location!r}")
+        raise APIConnectionError(f"{what}: redirected to an unusable URL {redact_url(location)!r}")
     return target
 
 

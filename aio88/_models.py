@@ -23,6 +23,7 @@ import os
 import re
 import sys
 from typing import IO, Any, Literal, TypeAlias, Union
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -42,6 +43,7 @@ __all__ = [
     "decode_video",
     "normalize_status",
     "parse_progress",
+    "redact_url",
 ]
 
 
@@ -131,6 +133,33 @@ def check_id(task_id: object, name: str = "task_id") -> str:
     return value
 
 
+def redact_url(url: str) -> str:
+    """``url`` fit to print: its query (where signed links carry ``X-Amz-Signature``,
+    ``token``, ``sig``... under names no list can hold) shown as ``?…``, any user and
+    password dropped, and a ``data:`` URL cut after its header.
+
+    For reprs and messages only: the task keeps the real link.
+    """
+    if url.startswith("data:"):
+        header, comma, payload = url.partition(",")
+        return f"{header},…" if comma and payload else url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a malformed URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.query or parts.fragment or netloc != parts.netloc:
+        query = "…" if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return url
+
+
+def _repr(struct: VideoMetadata | _Task) -> str:
+    """``Name(field=value, ...)`` from the struct's ``__rich_repr__``."""
+    fields = ", ".join(f"{name}={value!r}" for name, value in struct.__rich_repr__())
+    return f"{type(struct).__name__}({fields})"
+
+
 class ResponseShapeError(ValueError):
     """A body that decoded as JSON but is not a task (no id at all)."""
 
@@ -160,6 +189,18 @@ class VideoMetadata(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     height: int | str | None = None
     seed: int | str | None = None
     url: str | None = None
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        """The fields that are set, as :meth:`__repr__` shows them (for ``rich``)."""
+        # The URL may be signed: its query is a credential (see redact_url).
+        return [
+            (name, redact_url(value) if name == "url" else value)
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not None
+        ]
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
 class _Task(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -256,18 +297,26 @@ class _Task(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
             return TaskError(message=self.fail_reason)
         return None
 
-    def __repr__(self) -> str:
-        parts = [f"id={self.id!r}", f"status={self.status.value!r}"]
-        if self._status is not None and self._status != self.status.value:
-            parts.append(f"raw_status={self._status!r}")
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        """What :meth:`__repr__` shows (for ``rich``), instead of the raw wire fields."""
+        status = self.status.value
+        fields: list[tuple[str, Any]] = [("id", self.id), ("status", status)]
+        if self._status is not None and self._status != status:
+            fields.append(("raw_status", self._status))
         progress = self.progress
         if progress is not None:
-            parts.append(f"progress={progress}")
-        if self.url:
-            parts.append(f"url={self.url!r}")
-        if self.error:
-            parts.append(f"error={self.error.message!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+            fields.append(("progress", progress))
+        url = self.url
+        if url:
+            # A signed link's query is a credential, and printed tasks end up in logs.
+            fields.append(("url", redact_url(url)))
+        error = self.error
+        if error:
+            fields.append(("error", error.message))
+        return fields
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
 class GenerationTask(_Task, kw_only=True, omit_defaults=True, gc=False):

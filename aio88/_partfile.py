@@ -72,6 +72,23 @@ class PartFile:
             self.part.unlink(missing_ok=True)
         return self.dest.is_dir(), self.dest.exists()
 
+    def make_folder(self) -> None:
+        """Create ``dest``'s folder and the missing ones above it, as
+        ``watch(download_dir=...)`` does for its folder.
+
+        Raises:
+            DownloadError: It cannot be created (a file is in the way, no permission).
+        """
+        folder = self.dest.parent
+        try:
+            # exist_ok: another download may create it at the same moment.
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot create the folder {folder} for {self.dest.name}: {exc.strerror or exc}",
+                path=self.dest,
+            ) from exc
+
     def size(self) -> int:
         """Bytes in the ``.part`` (0 when there is none)."""
         try:

@@ -23,7 +23,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._clock import LOOP_CLOCK, Clock
-from ._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT, POLL_FAIRNESS_STREAK
+from ._config import (
+    CONGESTION_RECOVERY,
+    DEFAULT_POLL_CONCURRENCY,
+    DEFAULT_WAIT_TIMEOUT,
+    POLL_CONCURRENCY_FLOOR,
+    POLL_FAIRNESS_STREAK,
+    check_timeout,
+)
+from ._congestion import Congestion
 from ._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -54,11 +62,13 @@ _TRANSIENT = (APIConnectionError, APIStatusError, APIResponseValidationError)
 
 
 class _Waiter:
-    __slots__ = ("event", "outcome")
+    __slots__ = ("event", "looking", "outcome")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.outcome: Outcome | None = None
+        #: A ``timeout=0`` wait: it takes the next answer of the server, whatever it is.
+        self.looking = False
 
 
 class _Tracked:
@@ -113,8 +123,10 @@ class Poller:
 
     Concurrent ``wait()`` calls for one id share one poll stream; a cancelled waiter does
     not disturb the others; tasks can be added at any time. Every poll draws from the
-    client's rate budget, and a 429 halves the poller's concurrency, which then grows
-    back by one slot per window of successful polls.
+    client's rate budget; every 429 pauses the whole client (for its ``Retry-After``, or
+    a backoff), and one without ``Retry-After`` also halves the poller's concurrency (once
+    per round trip, never below a quarter), which grows back with successful polls and
+    with time (see :mod:`aio88._congestion`).
 
     Args:
         transport: What sends its requests (the client's).
@@ -147,6 +159,7 @@ class Poller:
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        check_timeout(timeout)
         self._transport = transport
         self._fetch: Fetch = fetch or functools.partial(fetch_task, transport)
         self._on_outcome = on_outcome
@@ -166,9 +179,14 @@ class Poller:
         self._sleeping_until = math.inf
         self._tg: TaskGroup | None = None
         self._fatal: BaseException | None = None
-        # Adaptive concurrency: workers numbered >= _limit stand by.
-        self._limit = float(concurrency)
-        self._grown = anyio.Event()
+        # Adaptive concurrency: workers numbered >= the congestion's amount stand by.
+        self._congestion = Congestion(
+            concurrency,
+            floor=max(1.0, concurrency * POLL_CONCURRENCY_FLOOR),
+            recovery=CONGESTION_RECOVERY,
+            now=0.0,  # only read once a 429 has lowered it, with the clock's time then
+        )
+        self._standing_by: set[anyio.CancelScope] = set()
         self._polls = 0
         self._finished = 0
         self._errors = 0
@@ -222,7 +240,8 @@ class Poller:
             fresh: The task was just created: wait ``schedule.first`` before the first poll
                 (otherwise the first poll is immediate: it may be done already).
         """
-        entry = self._track(task_id, kind, self.timeout if timeout == "default" else timeout, fresh)
+        limit = self.timeout if timeout == "default" else check_timeout(timeout)
+        entry = self._track(task_id, kind, limit, fresh)
         entry.watched = True
 
     def _track(self, task_id: str, kind: Kind, timeout: float | None, fresh: bool) -> _Tracked:
@@ -299,10 +318,13 @@ class Poller:
             task_id: The task id, or the task (whose type gives ``kind``).
             kind: ``"generation"`` or ``"video"``; default: from the task, else ``"video"``.
             timeout: Seconds to wait; the poller's default if omitted; ``None``: forever.
+                ``0`` polls once (or, for an id already polled for another caller, takes
+                its latest answer) and returns the task if it has succeeded.
 
         Raises:
             TaskFailedError: The task failed.
             WaitTimeoutError: ``timeout`` passed first (the task goes on on the server).
+            ValueError: ``timeout`` is negative.
             NotFoundError: No such task.
             AuthenticationError: The key was refused.
         """
@@ -310,7 +332,7 @@ class Poller:
         task_id = check_id(task_id)
         if self._tg is None:
             raise RuntimeError("the poller is not running: use `async with client.poller()`")
-        limit = self.timeout if timeout == "default" else timeout
+        limit = self.timeout if timeout == "default" else check_timeout(timeout)
         entry = self._track(task_id, resolved_kind, limit, fresh=False)
         waiter = _Waiter()
         if entry.waiters is None:
@@ -318,7 +340,14 @@ class Poller:
         entry.waiters.append(waiter)
         deadline = math.inf if limit is None else self._clock.now() + limit
         try:
-            arrived = await self._wait_event(waiter.event, deadline)
+            if limit == 0 and entry.task is None:
+                # Nothing seen yet: the next answer decides (the scheduler lets a first
+                # poll pass its deadline), success or not.
+                waiter.looking = True
+                await waiter.event.wait()
+                arrived = True
+            else:
+                arrived = await self._wait_event(waiter.event, deadline)
         finally:
             if waiter.outcome is None and entry.waiters is not None:
                 entry.waiters.remove(waiter)
@@ -361,7 +390,7 @@ class Poller:
             finished=self._finished,
             errors=self._errors,
             rate_limited=self._transport.rate_limited,
-            concurrency=int(self._limit),
+            concurrency=int(self._congestion.current(self._clock.now())),
         )
 
     # -- the scheduler -----------------------------------------------------------------
@@ -377,7 +406,8 @@ class Poller:
                     entry = heapq.heappop(heap)[1]
                     if not entry.live:
                         continue
-                    if now < entry.deadline:
+                    # A deadline never stops the first poll: timeout=0 polls once.
+                    if now < entry.deadline or not entry.polls:
                         return entry
                     timeout = WaitTimeoutError(entry.id, entry.timeout, entry.task)
                     self._finish(entry, entry.task, timeout)
@@ -391,9 +421,10 @@ class Poller:
 
     async def _worker(self, index: int) -> None:
         streak = 0
+        congestion, clock = self._congestion, self._clock
         while True:
-            while index >= self._limit:  # stood down after a 429
-                await self._grown.wait()
+            if index >= congestion.current(clock.now()):
+                await self._stand_by(index)  # stood down after a 429
             streak += 1
             if streak >= POLL_FAIRNESS_STREAK:
                 # A poll that never yields (an in-memory fetch, a synchronous failure) must
@@ -402,9 +433,25 @@ class Poller:
                 await asyncio.sleep(0)
             await self._poll(await self._take())
 
+    async def _stand_by(self, index: int) -> None:
+        """Wait until worker ``index`` has a slot again: time gives it back (see
+        :mod:`._congestion`), or successes sooner (they wake the waiting workers)."""
+        clock, congestion = self._clock, self._congestion
+        while index >= congestion.current(now := clock.now()):
+            scope = anyio.CancelScope()
+            self._standing_by.add(scope)
+            try:
+                with scope:
+                    # A slot `index` is in use once the amount is above it.
+                    await clock.sleep_until(now + congestion.time_until(index + 1e-9, now))
+            finally:
+                self._standing_by.discard(scope)
+
     async def _poll(self, entry: _Tracked) -> None:
         transport = self._transport
         limited_before = transport.rate_limited
+        unpaced_before = transport.rate_limited_unpaced
+        sent_at = self._clock.now()
         self._in_flight += 1
         self._polls += 1
         entry.polls += 1
@@ -420,12 +467,14 @@ class Poller:
         except _TRANSIENT as exc:
             self._errors += 1
             entry.failures += 1
-            if transport.rate_limited != limited_before:
-                self._congested()
+            if transport.rate_limited_unpaced != unpaced_before:
+                self._congested(sent_at)
             delay = backoff_delay(entry.failures, transport.retry) + self.schedule.floor
             log.debug("poll %s failed (%s); again in %.1fs", entry.id, exc, delay)
             if entry.live:
                 self._push(entry, self._clock.now() + delay)
+            if entry.waiters:
+                self._answer_lookers(entry)
             return
         finally:
             self._in_flight -= 1
@@ -435,9 +484,9 @@ class Poller:
             # taken for this one's.
             self._finish(entry, entry.task, wrong_task_error(entry.id, task.id))
             return
-        if transport.rate_limited != limited_before:
-            self._congested()
-        elif self._limit < self.concurrency:
+        if transport.rate_limited_unpaced != unpaced_before:  # a 429, then a retry's success
+            self._congested(sent_at)
+        elif transport.rate_limited == limited_before:
             self._regrow()
         entry.failures = 0
         previous, entry.task = entry.task, task
@@ -455,12 +504,28 @@ class Poller:
             compact(task)  # kept until the next poll: worth shrinking (a finished one is not)
             now = self._clock.now()
             self._push(entry, now + plan_delay(self.schedule, entry, now, status, progress, hint))
+            if entry.waiters:
+                self._answer_lookers(entry)
 
     def _updated(self, task: Task) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("task %s: %s %s", task.id, task.raw_status, task.progress)
         if self.on_update is not None:
             self.on_update(task)
+
+    def _answer_lookers(self, entry: _Tracked) -> None:
+        """A poll of ``entry`` ended without an outcome: its ``timeout=0`` waiters have
+        had their look, and time out with what it saw (the others wait on)."""
+        waiters = entry.waiters
+        assert waiters is not None
+        lookers = [waiter for waiter in waiters if waiter.looking]
+        for waiter in lookers:
+            waiters.remove(waiter)
+            timeout = WaitTimeoutError(entry.id, 0.0, entry.task)
+            waiter.outcome = Outcome(entry.id, entry.kind, entry.task, timeout)
+            waiter.event.set()
+        if lookers and not waiters and not entry.watched and entry.live:
+            self._drop(entry)
 
     def _finish(self, entry: _Tracked, task: Task | None, error: BaseException | None) -> None:
         self._drop(entry)
@@ -475,17 +540,24 @@ class Poller:
 
     # -- congestion ----------------------------------------------------------------------
 
-    def _congested(self) -> None:
-        """A 429: halve the concurrency (multiplicative decrease)."""
-        self._limit = max(1.0, self._limit / 2)
+    def _congested(self, sent_at: float) -> None:
+        """A 429 without ``Retry-After`` for a poll sent at ``sent_at``: halve the
+        concurrency, once per window. (A 429 with one is answered by the transport's pause
+        for every request; lowering the concurrency too only slowed batches, measured in
+        ``benchmarks/bench_congestion.py``.)"""
+        self._congestion.signal(self._clock.now(), sent_at)
 
     def _regrow(self) -> None:
         """A clean poll: one more slot per window of successes (additive increase)."""
-        before = int(self._limit)
-        self._limit = min(float(self.concurrency), self._limit + 1.0 / self._limit)
-        if int(self._limit) > before:
-            grown, self._grown = self._grown, anyio.Event()
-            grown.set()
+        congestion = self._congestion
+        if congestion.decreased_at == -math.inf:
+            return  # never congested: at the ceiling, and the poll path stays lean
+        now = self._clock.now()
+        before = int(congestion.current(now))
+        congestion.success(now)
+        if self._standing_by and int(congestion.current(now)) > before:
+            for scope in self._standing_by:  # they look again at the amount
+                scope.cancel()
 
     def _on_fatal(self, exc: BaseException) -> None:
         """401/403: every task would fail the same way; end the watch this poller serves."""

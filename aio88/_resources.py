@@ -16,7 +16,7 @@ import anyio
 import msgspec
 
 from ._body import refuse_message
-from ._config import DEFAULT_WAIT_TIMEOUT
+from ._config import DEFAULT_WAIT_TIMEOUT, check_timeout
 from ._download import Downloader
 from ._errors import wrong_task_error
 from ._fetch import PATHS, decode_answer
@@ -99,15 +99,18 @@ class _Resource(Generic[TaskT]):
 
         Args:
             task_id: The task's id (or the task).
-            timeout: Seconds to wait in all (default 30 min); ``None`` waits forever.
+            timeout: Seconds to wait in all (default 30 min); ``None`` waits forever;
+                ``0`` polls once and returns the task if it has succeeded.
             schedule: When to poll; the 88API docs' tiers by default.
             on_update: Called with the task whenever its status or progress changes.
 
         Raises:
             TaskFailedError: The task failed; ``.task.error`` says why.
             WaitTimeoutError: The deadline passed first; the task goes on on the server.
+            ValueError: ``timeout`` is negative.
         """
         task_id = check_id(task_id)
+        check_timeout(timeout)  # before anything starts
         # The poller calls on_update only with tasks of this resource's kind.
         update = cast("Callable[[GenerationTask | Video], object] | None", on_update)
         poller = Poller(
@@ -323,7 +326,7 @@ class Videos(_Resource[Video]):
 
         Args:
             video_id: The video's id (or the video).
-            dest: The file to write.
+            dest: The file to write; its missing folders are created.
             variant: Which file (``"video"``, the default; 88API ignores the others).
             resume: Continue an existing ``.part`` (else start over).
             overwrite: Fetch again even if ``dest`` exists.

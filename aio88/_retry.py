@@ -9,9 +9,13 @@ This module is a leaf: it imports nothing from aio88 (the policy is duck-typed).
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Protocol
+
+from ._config import CONGESTION_RECOVERY, RATE_FLOOR
+from ._congestion import Congestion
 
 __all__ = [
     "AdaptiveRate",
@@ -141,43 +145,50 @@ class AdaptiveRate:
     ``rate`` tokens per second refill a bucket holding at most ``burst``. Each request
     takes one token; :meth:`reserve` says how long the caller must wait for it. A 429
     (:meth:`on_rate_limited`) pauses everyone until the server's ``Retry-After`` and
-    halves the rate; each success then adds back a small share of the configured rate
-    until it is whole again (additive increase, multiplicative decrease).
+    halves the rate, once per window: a 429 for a request sent before the last one was
+    acted on was in flight already and adds nothing. The rate grows back with successes
+    and with time (:class:`~aio88._congestion.Congestion`), never below ``RATE_FLOOR``.
 
     With ``rate=None`` there is no steady limit: only the shared pause after a 429.
     All times are in the caller's clock; nothing here reads a clock or sleeps.
     """
 
-    __slots__ = ("_factor", "_rate", "_stamp", "_tokens", "burst", "paused_until", "rate")
-
-    #: The slowest the bucket goes after repeated 429s, as a share of ``rate``.
-    MIN_FACTOR = 1 / 16
-    #: How much of the configured rate each success gives back after a 429.
-    RECOVERY_STEP = 1 / 64
+    __slots__ = (
+        "_congestion",
+        "_signalled_at",
+        "_stamp",
+        "_tokens",
+        "burst",
+        "paused_until",
+        "rate",
+    )
 
     def __init__(self, rate: float | None, burst: float | None = None, now: float = 0.0) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"rate_limit must be a positive number of requests/s, got {rate}")
         self.rate = rate
         self.burst = burst if burst is not None else max(1.0, rate or 1.0)
-        self._factor = 1.0
-        self._rate = rate
+        self._congestion = (
+            None
+            if rate is None
+            else Congestion(rate, floor=rate * RATE_FLOOR, recovery=CONGESTION_RECOVERY, now=now)
+        )
         self._tokens = self.burst
         self._stamp = now
+        self._signalled_at = -math.inf
         #: No request may start before this time (a 429's ``Retry-After``).
         self.paused_until = 0.0
 
-    @property
-    def current_rate(self) -> float | None:
-        """The rate in force now, lowered after a 429; ``None`` when unlimited."""
-        return self._rate
+    def current_rate(self, now: float) -> float | None:
+        """The rate in force at ``now``, lowered after a 429; ``None`` when unlimited."""
+        return None if self._congestion is None else self._congestion.current(now)
 
     def reserve(self, now: float) -> float:
         """Take a token; return how many seconds to wait before using it (0 = go now)."""
         wait = self.paused_until - now if self.paused_until > now else 0.0
-        rate = self._rate
-        if rate is None:
+        if self._congestion is None:
             return wait
+        rate = self._congestion.current(now)
         start = now + wait
         elapsed = start - self._stamp
         tokens = self._tokens + elapsed * rate if elapsed > 0 else self._tokens
@@ -191,19 +202,24 @@ class AdaptiveRate:
             return wait
         return wait + (-tokens) / rate
 
-    def on_rate_limited(self, now: float, pause: float) -> None:
-        """A 429 arrived: pause everyone for ``pause`` seconds and halve the rate.
+    def on_rate_limited(self, now: float, pause: float, sent_at: float = math.inf) -> bool:
+        """A 429 arrived for a request sent at ``sent_at``: pause everyone for ``pause``
+        seconds and halve the rate, unless that request was sent before the last 429 was
+        acted on (then it only extends the pause to its own ``Retry-After``). Returns
+        whether it counted as a new signal.
 
         ``pause`` is the server's ``Retry-After``, or the caller's backoff when it sent none.
         """
         self.paused_until = max(self.paused_until, now + pause)
-        if self.rate is not None:
-            self._factor = max(self.MIN_FACTOR, self._factor / 2)
-            self._rate = self.rate * self._factor
+        if sent_at < self._signalled_at:
+            return False
+        self._signalled_at = now
+        if self._congestion is not None:
+            self._congestion.signal(now, sent_at)
             self._tokens = min(self._tokens, 0.0)
+        return True
 
-    def on_success(self) -> None:
+    def on_success(self, now: float) -> None:
         """A request succeeded: give back a little of the rate a 429 took away."""
-        if self._factor < 1.0 and self.rate is not None:
-            self._factor = min(1.0, self._factor + self.RECOVERY_STEP)
-            self._rate = self.rate * self._factor
+        if self._congestion is not None and self._signalled_at != -math.inf:
+            self._congestion.success(now)

@@ -283,14 +283,17 @@ async def test_plain_url_and_data_uri(
 async def test_bad_destinations(
     aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
 ) -> None:
-    """A directory or a missing folder as dest: clear errors, nothing sent."""
+    """A directory as dest, or a folder that cannot be made (a file in its way): clear
+    errors, nothing sent."""
     task_id = aio88_emulator.add_task(status="succeeded")
     with pytest.raises(DownloadError, match="is a directory"):
         await aio88_client.videos.download(task_id, tmp_path)
-    with pytest.raises(DownloadError, match="does not exist"):
-        await aio88_client.videos.download(task_id, tmp_path / "nope" / "v.mp4")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DownloadError, match="cannot create the folder"):
+        await aio88_client.videos.download(task_id, tmp_path / "file" / "sub" / "v.mp4")
     with pytest.raises(TypeError, match="download source"):
         await aio88_client.download(42, tmp_path / "v.mp4")  # type: ignore[arg-type]
+    assert aio88_emulator.requests == []
 
 
 def test_disk_errors_say_what_to_do(tmp_path: Path) -> None:

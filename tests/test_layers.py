@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "_outcome": 0,
     "_sending": 0,
     "_billing": 0,
+    "_congestion": 0,
     # the transport: aiohttp, auth, pacing, the one retry driver
     "_failures": 1,
     "_sessions": 1,

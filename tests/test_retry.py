@@ -7,6 +7,7 @@ import email.utils
 import pytest
 
 from aio88 import RetryPolicy
+from aio88._config import CONGESTION_RECOVERY, RATE_FLOOR
 from aio88._retry import (
     AdaptiveRate,
     backoff_delay,
@@ -138,21 +139,35 @@ def test_unlimited_bucket_only_pauses() -> None:
     bucket.on_rate_limited(now=1.0, pause=2.0)
     assert bucket.reserve(1.5) == pytest.approx(1.5)
     assert bucket.reserve(3.0) == 0.0
-    assert bucket.current_rate is None
+    assert bucket.current_rate(3.0) is None
 
 
-def test_429_halves_the_rate_and_success_restores_it() -> None:
-    """Multiplicative decrease on 429, additive increase on success, never past the rate."""
+def test_429_halves_the_rate_once_per_window_and_time_restores_it() -> None:
+    """Multiplicative decrease on a 429, but once per window: the 429s of requests sent
+    before it was acted on only extend the pause. Growth with successes and with time;
+    never below the floor, never past the rate."""
     bucket = AdaptiveRate(64.0, now=0.0)
-    bucket.on_rate_limited(now=0.0, pause=1.0)
-    assert bucket.current_rate == 32.0
-    assert bucket.paused_until == 1.0
-    for _ in range(10):
-        bucket.on_rate_limited(now=0.0, pause=0.0)
-    assert bucket.current_rate == 64.0 * AdaptiveRate.MIN_FACTOR
-    for _ in range(200):
-        bucket.on_success()
-    assert bucket.current_rate == 64.0
+    assert bucket.on_rate_limited(now=1.0, pause=1.0, sent_at=0.9)
+    assert bucket.current_rate(1.0) == 32.0
+    assert bucket.paused_until == 2.0
+    # Ten more 429s, all for requests sent before 1.0: the same window.
+    for i in range(10):
+        assert not bucket.on_rate_limited(now=1.01 + i / 100, pause=1.5, sent_at=0.95)
+    assert bucket.current_rate(1.1) == pytest.approx(32.0, rel=0.05)
+    assert bucket.paused_until == pytest.approx(1.1 + 1.5)
+    # Requests sent after it: new windows, down to the floor.
+    for i in range(10):
+        bucket.on_rate_limited(now=2.0 + i / 1000, pause=0.0, sent_at=2.0 + i / 1000)
+    floor = 64.0 * RATE_FLOOR
+    assert bucket.current_rate(2.009) == pytest.approx(floor, rel=0.01)
+    # Time alone brings it back, within CONGESTION_RECOVERY.
+    assert bucket.current_rate(2.009 + CONGESTION_RECOVERY / 2) == pytest.approx(
+        (floor + 64.0) / 2, rel=0.01
+    )
+    assert bucket.current_rate(2.01 + CONGESTION_RECOVERY) == 64.0
+    for _ in range(10_000):
+        bucket.on_success(30.0)
+    assert bucket.current_rate(30.0) == 64.0
 
 
 def test_bucket_rejects_bad_rate() -> None:

@@ -134,9 +134,12 @@ class Emulator:
         self.max_in_flight = 0
         """The most requests the API origin answered at once."""
         self.expired: set[str] = set()
-        """Task ids whose media URL answers 403 (an expired signed link)."""
+        """Task ids whose media URL answers 403 (an expired signed link); their
+        ``/content`` then serves the file itself instead of redirecting to it."""
 
         self._maker = TaskMaker(seed)
+        # Task ids whose next media GET is cut short: a truncate fault met their redirect.
+        self._cut_media: set[str] = set()
         self._faults = FaultPicker(seed)
         self._request_ids = itertools.count(1)
         self._runners: list[web.AppRunner] = []
@@ -369,7 +372,12 @@ class Emulator:
             entry.status = response.status
             if not response.prepared:
                 response.headers[wire.request_id_header(self.dialect)] = request_id
-                if fault == "truncate" and isinstance(response, web.Response):
+                # A body-less answer (the /content redirect) has nothing to cut.
+                if (
+                    fault == "truncate"
+                    and isinstance(response, web.Response)
+                    and response.body is not None
+                ):
                     await send_truncated(request, response)
             return response
         except (ConnectionCut, ConnectionResetError):
@@ -519,12 +527,18 @@ class Emulator:
         phase, _ = task.phase(self.clock())
         if phase != "succeeded":
             return _respond(wire.content_not_ready(self.dialect, phase))
-        if self.redirect_content:
+        truncate = _current_fault.get() == "truncate"
+        # 88API's fork redirects only to a link with validity left; an expired one it
+        # proxies itself (88api-api.md §4.5), which is what a client's fallback relies on.
+        if self.redirect_content and task.id not in self.expired:
+            if truncate and request.method == "GET":
+                # A redirect has no body to cut: the body it leads to is cut instead.
+                self._cut_media.add(task.id)
             return web.Response(
                 status=307,
                 headers={"Location": self._media_link(task), "Cache-Control": "no-store"},
             )
-        return await self._send_content(request, truncate=_current_fault.get() == "truncate")
+        return await self._send_content(request, truncate=truncate)
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["id"]
@@ -535,8 +549,12 @@ class Emulator:
             return web.Response(status=404, text=wire.MEDIA_MISSING)
         fault = None
         if request.method == "GET":
-            # The media origin has no fault middleware; it takes its share here (GET only).
-            fault, _ = self._faults.pick(request.method, request.path, self.faults)
+            if task_id in self._cut_media:  # a truncate fault on the /content redirect
+                self._cut_media.discard(task_id)
+                fault = "truncate"
+            else:
+                # The media origin has no fault middleware; it takes its share here.
+                fault, _ = self._faults.pick(request.method, request.path, self.faults)
         return await self._send_content(request, truncate=fault == "truncate")
 
     async def _send_content(self, request: web.Request, *, truncate: bool) -> web.StreamResponse:
