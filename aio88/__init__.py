@@ -9,6 +9,7 @@
         task = await client.generations.wait(task.id)
 """
 
+from ._billing import CreateFate, create_fate
 from ._client import Client
 from ._clock import Clock
 from ._config import DEFAULT_RETRY, DEFAULT_TIMEOUTS, RetryPolicy, Timeouts
@@ -61,6 +62,7 @@ __all__ = [
     "Client",
     "Clock",
     "ConflictError",
+    "CreateFate",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "DownloadError",
@@ -90,6 +92,7 @@ __all__ = [
     "WaitTimeoutError",
     "Watch",
     "__version__",
+    "create_fate",
 ]
 
 # Present every public name as aio88.X (in reprs, tracebacks and docs), not aio88._module.X.

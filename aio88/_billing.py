@@ -10,7 +10,7 @@ from typing import Literal
 
 from ._errors import APIConnectionError, APIStatusError
 
-__all__ = ["BILLED_WITHOUT_ID", "CreateFate", "fate_of_failed_create"]
+__all__ = ["BILLED_WITHOUT_ID", "CreateFate", "create_fate"]
 
 #: The one error new-api answers after the task was stored and charged (its settlement
 #: failed): the task runs and is billed, but the answer carries no id.
@@ -24,27 +24,43 @@ _TRANSIENT = frozenset({408, 429})
 class CreateFate:
     """Where a job goes after its create failed, and why, in words for the ledger."""
 
-    state: Literal["pending", "rejected", "unconfirmed"]
-    """``pending``: not created, safe to send again. ``rejected``: the API refused this
-    request; sending it again would fail again. ``unconfirmed``: it may exist and be
-    billed; only the dashboard's task list (or a callback) can tell."""
+    state: Literal["not_created", "rejected", "unconfirmed"]
+    """``not_created``: nothing was made or billed; safe to send again (later).
+    ``rejected``: the API refused this request (nothing billed); sending it again would fail
+    again. ``unconfirmed``: it may exist and be billed; only the dashboard's task list (or
+    a callback) can tell, so do not send it again blindly."""
     why: str
 
 
-def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
-    """Classify a failed create.
+def create_fate(error: BaseException, *, sent: bool | None = None) -> CreateFate:
+    """What a failed create means: not created, rejected, or unconfirmed (maybe billed).
+
+    Use it where a create raised, before deciding to send it again::
+
+        try:
+            video = await client.videos.create(prompt=prompt)
+        except aio88.Aio88Error as exc:
+            if aio88.create_fate(exc).state == "unconfirmed":
+                ...  # it may exist and be billed: record it, do not resend blindly
 
     Args:
-        error: What the create raised (a local error, an API answer, a lost connection).
-        sent: Whether any of the request was written to a connection (the transport's
-            :class:`~aio88._sending.SendMark`).
+        error: What the create raised (an API answer, a lost connection, a local error).
+        sent: Whether any of the request was written to a connection. By default:
+            ``APIConnectionError.request_sent`` (exact for the client's own sessions),
+            ``False`` for a local ``ValueError``/``TypeError``/``OSError`` (raised before
+            sending), ``True`` for anything else.
     """
+    if sent is None:
+        if isinstance(error, APIConnectionError):
+            sent = error.request_sent
+        else:
+            sent = not isinstance(error, ValueError | TypeError | OSError)
     if not sent:
-        return CreateFate("pending", f"not sent: {error}")
+        return CreateFate("not_created", f"not sent: {error}")
     if isinstance(error, APIStatusError):
         status = error.status_code
         if status in _TRANSIENT:
-            return CreateFate("pending", f"HTTP {status}: nothing created; it will be sent again")
+            return CreateFate("not_created", f"HTTP {status}: nothing created; send it later")
         if status >= 500:
             if error.code == BILLED_WITHOUT_ID:
                 return CreateFate(
@@ -61,8 +77,7 @@ def fate_of_failed_create(error: BaseException, *, sent: bool) -> CreateFate:
                 )
             # new-api refunds every other error answer of a create (docs/billing.md).
             return CreateFate(
-                "pending",
-                f"HTTP {status} {error.code or 'error'}: not billed; it will be sent again",
+                "not_created", f"HTTP {status} {error.code or 'error'}: not billed; send it later"
             )
         return CreateFate("rejected", str(error))
     if isinstance(error, APIConnectionError):

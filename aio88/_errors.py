@@ -104,6 +104,9 @@ class APIStatusError(APIError):
         param: The parameter the server blamed, or ``None``.
         body: The decoded JSON body, the raw text when it was not JSON, or ``None`` when empty.
         headers: The response headers.
+        media_host: The server that answered when it is not the API but a media server (a
+            CDN or storage a task's link or a redirect led to); ``None`` when the API
+            answered. A 403 from a media server is an expired or refused link, not a key.
     """
 
     status_code: int
@@ -124,8 +127,10 @@ class APIStatusError(APIError):
         param: str | None = None,
         body: object = None,
         headers: Mapping[str, str] | None = None,
+        media_host: str | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
+        self.media_host = media_host
         self.status_code = status_code
         self.code = code
         self.type = type
@@ -413,6 +418,7 @@ def make_status_error(
         "param": param,
         "body": decoded,
         "headers": headers,
+        "media_host": media_host,
     }
     if cls is RateLimitError:
         return RateLimitError(text, retry_after=retry_after, **kwargs)

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import anyio
 
-from . import bench_decode, bench_download, bench_poll, bench_scale, bench_schedule
+from . import (
+    bench_congestion,
+    bench_decode,
+    bench_download,
+    bench_poll,
+    bench_scale,
+    bench_schedule,
+)
 
 
 def machine() -> str:
@@ -69,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
         "Scale",
         "python -m benchmarks.bench_scale --sizes " + " ".join(map(str, sizes)),
         bench_scale.table(anyio.run(bench_scale.run, sizes)),
+    )
+    n_tasks = 50 if quick else 200
+    congestion = bench_congestion.run(n_tasks, (2.0, 6.0), bench_congestion.CLIENTS)
+    section(
+        "429s without a collapse",
+        f"python -m benchmarks.bench_congestion -n {n_tasks}",
+        bench_congestion.table(congestion) + "\n\n" + bench_congestion.trace_table(congestion),
     )
     mib, dl_rounds = ([64], 1) if quick else ([256, 1024], 5)
     section(

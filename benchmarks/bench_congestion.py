@@ -12,11 +12,12 @@ polled to the end while a share of the polls is answered 429, with and without
 - tasks that ended in an error rather than their outcome;
 - for aio88, the poller's concurrency over time (sampled every 100 ms).
 
-Both clients honour the emulator's ``openai-poll-after-ms`` hint (500 ms), so the fault-free
-runs poll alike. openai-python's peer is what its docs suggest: ``videos.poll(id)`` for
-every task at once, with its default retries.
+Both clients honour the emulator's ``openai-poll-after-ms`` hint (500 ms by default: a
+demanding case, every task polled twice a second), so the fault-free runs poll alike.
+openai-python's peer is what its docs suggest: ``videos.poll(id)`` for every task at once,
+with its default retries.
 
-    python -m benchmarks.bench_congestion [-n 200] [--duration 2 6] [--json]
+    python -m benchmarks.bench_congestion [-n 200] [--duration 2 6] [--hint-ms 500] [--json]
 """
 
 from __future__ import annotations
@@ -163,11 +164,16 @@ async def _openai(emu: Emulator, ids: list[str], hooks: Hooks) -> int:
 
 
 async def one(
-    client: str, n: int, duration: tuple[float, float], rate: float, pause: float | None
+    client: str,
+    n: int,
+    duration: tuple[float, float],
+    rate: float,
+    pause: float | None,
+    hint_ms: int | None = 500,
 ) -> Run:
     """Create ``n`` tasks, then poll them to the end with ``rate`` of polls answered 429."""
     async with Emulator(
-        api_key="sk-bench", seed=7, duration=duration, poll_after_ms=500, dialect="docs"
+        api_key="sk-bench", seed=7, duration=duration, poll_after_ms=hint_ms, dialect="docs"
     ) as emu:
         async with Client("sk-bench", base_url=emu.base_url) as creator:
             ids = [(await creator.videos.create(prompt=f"fox {i}")).id for i in range(n)]
@@ -198,10 +204,12 @@ async def one(
     )
 
 
-def run(n: int, duration: tuple[float, float], clients: list[str]) -> list[Run]:
+def run(
+    n: int, duration: tuple[float, float], clients: list[str], hint_ms: int | None = 500
+) -> list[Run]:
     """Every scenario for every client."""
     return [
-        anyio.run(one, client, n, duration, rate, pause)
+        anyio.run(one, client, n, duration, rate, pause, hint_ms)
         for rate, pause in SCENARIOS
         for client in clients
     ]
@@ -252,9 +260,15 @@ def main(argv: list[str] | None = None) -> None:
         "--duration", type=float, nargs=2, default=(2.0, 6.0), help="seconds per task (2 6)"
     )
     parser.add_argument("--clients", nargs="+", default=CLIENTS, choices=CLIENTS)
+    parser.add_argument(
+        "--hint-ms",
+        type=int,
+        default=500,
+        help="the server's poll-after hint (500); 0 sends none (each client's own schedule)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
-    runs = run(args.n, tuple(args.duration), args.clients)
+    runs = run(args.n, tuple(args.duration), args.clients, args.hint_ms or None)
     if args.json:
         print(json.dumps([asdict(r) for r in runs]))
     else:

@@ -91,6 +91,12 @@ RUNS: dict[str, list[tuple[str, list[str]]]] = {
         )
     ],
     "test_bench_poll_smoke": [("bench_poll", ["-n", "50", "-c", "8", "--rounds", "1"])],
+    "test_bench_congestion_smoke": [
+        (
+            "bench_congestion",
+            ["-n", "8", "--duration", "0.2", "0.4", "--clients", "aio88", "--json"],
+        ),
+    ],
 }
 
 
@@ -177,3 +183,20 @@ async def test_bench_poll_smoke(outputs: SideBySide) -> None:
         "aiohttp-plain",
     }
     assert all(number(row[1]) > 0 for row in rows)  # requests/s
+
+
+async def test_bench_congestion_smoke(outputs: SideBySide) -> None:
+    """The congestion benchmark runs every scenario; aio88 loses no task and starts no
+    request during a pause the server asked for."""
+    (report,) = await outputs.result("test_bench_congestion_smoke")
+    runs = json.loads(report)
+    assert [(r["rate_429"], r["retry_after"]) for r in runs] == [
+        (0.0, None),
+        (0.05, None),
+        (0.05, 1.0),
+        (0.2, None),
+        (0.2, 1.0),
+    ]
+    assert all(r["errors"] == 0 and r["requests"] >= 8 for r in runs)
+    assert all(r["during_pauses"] == 0 for r in runs if r["retry_after"] is not None)
+    assert all(r["concurrency"] for r in runs)

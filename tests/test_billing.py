@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from aio88 import APIConnectionError, APIResponseValidationError, APITimeoutError
-from aio88._billing import BILLED_WITHOUT_ID, fate_of_failed_create
+from aio88 import APIConnectionError, APIResponseValidationError, APITimeoutError, create_fate
+from aio88._billing import BILLED_WITHOUT_ID
 from aio88._errors import make_status_error
 
 
@@ -25,13 +25,16 @@ def _shape_c(code: str) -> dict[str, object]:
     ("error", "state"),
     [
         # Complete refusals that create nothing and may pass later.
-        (_answer(429, b""), "pending"),
-        (_answer(408, _shape_c("request_cancelled")), "pending"),
+        (_answer(429, b""), "not_created"),
+        (_answer(408, _shape_c("request_cancelled")), "not_created"),
         # new-api refunds every error answer of a create but one.
-        (_answer(500, _shape_c("do_request_failed")), "pending"),
-        (_answer(500, _shape_c("task_insert_failed")), "pending"),
-        (_answer(502, _shape_c("plugin_submit_response_invalid")), "pending"),
-        (_answer(503, {"error": {"type": "new_api_error", "message": "no channel"}}), "pending"),
+        (_answer(500, _shape_c("do_request_failed")), "not_created"),
+        (_answer(500, _shape_c("task_insert_failed")), "not_created"),
+        (_answer(502, _shape_c("plugin_submit_response_invalid")), "not_created"),
+        (
+            _answer(503, {"error": {"type": "new_api_error", "message": "no channel"}}),
+            "not_created",
+        ),
         # Not new-api's refunded answers: its crash handler, other gateways' JSON.
         (_answer(500, {"error": {"message": "boom", "type": "new_api_panic"}}), "unconfirmed"),
         (_answer(500, {"error": {"message": "failed", "type": "server_error"}}), "unconfirmed"),
@@ -50,7 +53,7 @@ def _shape_c(code: str) -> dict[str, object]:
     ],
 )
 def test_a_sent_create(error: BaseException, state: str) -> None:
-    fate = fate_of_failed_create(error, sent=True)
+    fate = create_fate(error, sent=True)
     assert fate.state == state
     assert fate.why
 
@@ -58,10 +61,11 @@ def test_a_sent_create(error: BaseException, state: str) -> None:
 @pytest.mark.parametrize(
     "error", [APIConnectionError("refused", request_sent=False), ValueError("bad file")]
 )
-def test_nothing_sent_is_pending(error: BaseException) -> None:
-    assert fate_of_failed_create(error, sent=False).state == "pending"
+def test_nothing_sent_is_not_created(error: BaseException) -> None:
+    assert create_fate(error, sent=False).state == "not_created"
+    assert create_fate(error).state == "not_created"  # what the error itself says
 
 
 def test_the_billed_answer_says_so() -> None:
-    fate = fate_of_failed_create(_answer(500, _shape_c(BILLED_WITHOUT_ID)), sent=True)
+    fate = create_fate(_answer(500, _shape_c(BILLED_WITHOUT_ID)), sent=True)
     assert "billed" in fate.why and "id" in fate.why

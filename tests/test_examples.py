@@ -1,4 +1,5 @@
-"""The FastAPI example in docs/examples, served by uvicorn, against the emulator.
+"""The FastAPI example in docs/examples, served by uvicorn, against the emulator; and the
+quickstart's demo, as docs/quickstart.md tells it.
 
 The emulator sends a poll hint (``openai-poll-after-ms``) that the app's poller, on its
 default schedule, follows down to the schedule's floor (1 s): the example runs as printed,
@@ -10,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import io
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 import uvicorn
 
-from aio88.testing import Emulator
+from aio88 import Client, Outcome, RetryPolicy, Video
+from aio88._cli._demo import create_one, demo
+from aio88._cli._main import build_parser
+from aio88._cli._output import Printer
+from aio88.testing import Emulator, FaultKind
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "fastapi_app.py"
 
@@ -53,25 +61,37 @@ def load_example() -> ModuleType:
     return module
 
 
-@pytest.fixture
-async def service(
-    aio88_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[str, ModuleType]]:
-    """The example app on a free loopback port, its Client pointed at the emulator."""
-    monkeypatch.setenv("AIO88_API_KEY", aio88_emulator.api_key)
-    monkeypatch.setenv("AIO88_BASE_URL", aio88_emulator.base_url)
-    module = load_example()
-    config = uvicorn.Config(module.app, host="127.0.0.1", port=0, log_level="warning")
+@contextlib.asynccontextmanager
+async def serving(app: Callable[..., Any]) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = QuietServer(config)
     task = asyncio.create_task(server.serve())
     await until(lambda: server.started or task.done())  # uvicorn has a flag, no event
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", module
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         with anyio.fail_after(10):  # fixtures are not under the per-test timeout
             await task
+
+
+def point_at(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the example's ``Client()`` (configured from the environment) at ``emulator``."""
+    monkeypatch.setenv("AIO88_API_KEY", emulator.api_key)
+    monkeypatch.setenv("AIO88_BASE_URL", emulator.base_url)
+
+
+@pytest.fixture
+async def service(
+    aio88_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, ModuleType]]:
+    """The example app on a free loopback port, its Client pointed at the emulator."""
+    point_at(aio88_emulator, monkeypatch)
+    module = load_example()
+    async with serving(module.app) as base:
+        yield base, module
 
 
 @pytest.mark.aio88_emulator(duration=None, dialect="newapi", poll_after_ms=POLL_HINT_MS)
@@ -122,6 +142,53 @@ async def test_errors_map_to_http(
             assert resp.status == 504
 
 
+@pytest.mark.aio88_emulator(duration=None, dialect="newapi")
+async def test_create_errors_map_to_http(
+    service: tuple[str, ModuleType],
+    aio88_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each failed create gets the answer docs/web-backends.md gives it, and is sent once."""
+    base, _ = service
+    emu = aio88_emulator
+
+    async def create(http: aiohttp.ClientSession, prompt: str) -> tuple[int, Any, str | None]:
+        async with http.post(f"{base}/jobs", json={"prompt": prompt}) as resp:
+            return resp.status, (await resp.json())["detail"], resp.headers.get("Retry-After")
+
+    def made(prompt: str) -> int:
+        return [t.prompt for t in emu.tasks.values()].count(prompt)
+
+    async with aiohttp.ClientSession() as http:
+        # 429s past the client's four tries: come back later; nothing made.
+        emu.inject("429", times=4, method="POST", retry_after=0.01)
+        status, detail, retry_after = await create(http, "limited")
+        assert (status, detail["error"], retry_after) == (429, "rate_limited", "1")
+        # new-api's own 500 is refunded: nothing made, come back later (not resent).
+        emu.inject("500", method="POST")
+        status, detail, retry_after = await create(http, "failing")
+        assert (status, detail["error"], retry_after) == (503, "unavailable", "5")
+        assert made("limited") == made("failing") == 0
+        # Sent, and the answer lost: unconfirmed, named, never resent; made or not.
+        lost: list[tuple[FaultKind, int]] = [("drop", 0), ("truncate", 1)]
+        for fault, exists in lost:
+            emu.inject(fault, method="POST")
+            status, detail, retry_after = await create(http, fault)
+            assert (status, detail["error"], retry_after) == (502, "unconfirmed", None)
+            assert detail["job"]["prompt"] == fault and made(fault) == exists
+        # Refused before sending.
+        status, detail, _ = await create(http, " ")
+        assert (status, detail["error"]) == (422, "rejected")
+        assert emu.creates == 4 + 1 + 2
+        # A key the API refuses: the operator's problem, logged; the key is in neither.
+        monkeypatch.setattr(emu, "api_key", "sk-another")
+        status, detail, _ = await create(http, "refused")
+        assert (status, detail) == (500, {"error": "misconfigured", "message": detail["message"]})
+    assert "refused our key" in caplog.text
+    assert "sk-test" not in caplog.text and "sk-test" not in str(detail)
+
+
 @pytest.mark.slow
 @pytest.mark.aio88_emulator(duration=None, poll_after_ms=POLL_HINT_MS)
 async def test_a_caller_that_leaves_stops_the_polling(
@@ -165,3 +232,69 @@ async def test_a_caller_that_leaves_stops_the_polling(
     assert polls_of(witness) >= 2
     assert polls_of(left) == polls
     assert poller.stats().tracked == 0
+
+
+# -- the quickstart's demo ---------------------------------------------------------------
+
+
+def demo_printer() -> tuple[Printer, io.StringIO]:
+    out = io.StringIO()
+    return Printer(json_lines=True, stream=out), out
+
+
+def events_of(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+@pytest.mark.aio88_emulator(dialect="newapi", duration=None)
+async def test_the_demo_sorts_its_failed_creates(aio88_emulator: Emulator) -> None:
+    """A create sent and unanswered is unconfirmed (not sent again); a refunded 5xx and
+    429s past the client's retries are sent again; a refusal is a failed task."""
+    printer, out = demo_printer()
+    retry = RetryPolicy(attempts=2, backoff_initial=0.01, backoff_max=0.02)
+    emu = aio88_emulator
+    async with Client(api_key=emu.api_key, base_url=emu.base_url, retry=retry) as client:
+
+        async def create(prompt: str) -> object:
+            return await create_one(client, "video", prompt, prompt, retry, printer)
+
+        emu.inject("drop", method="POST")
+        assert await create("dropped") is None
+        assert emu.creates == 1  # never sent again
+
+        emu.inject("500", method="POST")  # new-api's shape: refunded, nothing stored
+        emu.inject("429", times=2, method="POST")  # both of the client's tries
+        made = await create("resent")
+        assert isinstance(made, Video) and emu.tasks[made.id].prompt == "resent"
+        assert emu.creates == 2 + 3
+
+        emu.inject("truncate", method="POST")  # made, and the answer cut
+        assert await create("cut") is None
+        assert [t.prompt for t in emu.tasks.values()].count("cut") == 1
+
+        failed = await create("")  # refused before sending
+        assert isinstance(failed, Outcome) and isinstance(failed.error, ValueError)
+    problems = [e for e in events_of(out) if e["event"] == "unconfirmed"]
+    assert [p["id"] for p in problems] == ["dropped", "cut"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", [0, 1])
+async def test_the_quickstart_demo_says_what_happens(tmp_path: Path, seed: int) -> None:
+    """``aio88 demo --rate-429 0.2 --drop-rate 0.1``, as docs/quickstart.md tells it: the
+    429s and every dropped poll and download are ridden out; only creates whose answer was
+    lost are left, ``unconfirmed``, and then the exit code is 1."""
+    flags = ["--rate-429", "0.2", "--drop-rate", "0.1"]  # the quickstart's
+    quick = ["--tasks", "30", "--duration", "0.2", "0.5", "--seed", str(seed)]
+    args = build_parser().parse_args(["demo", *flags, *quick, "--out", str(tmp_path), "--json"])
+    printer, out = demo_printer()
+    code = await demo(args, printer)
+    records = events_of(out)
+    summary = records[-1]
+    unconfirmed = [e for e in records if e["event"] == "unconfirmed"]
+    assert summary["failed"] == 0
+    assert summary["unconfirmed"] == len(unconfirmed) > 0  # these seeds drop some creates
+    assert summary["succeeded"] + summary["unconfirmed"] == summary["tasks"] == 30
+    assert len([f async for f in anyio.Path(tmp_path).glob("*.mp4")]) == summary["succeeded"]
+    assert code == 1

@@ -17,7 +17,7 @@ from functools import partial
 
 import anyio
 
-from .._billing import fate_of_failed_create
+from .._billing import create_fate
 from .._client import Client
 from .._config import CREATE_RESENDS, SETUP_PROBES, RetryPolicy
 from .._errors import (
@@ -47,7 +47,8 @@ class Creates:
         ledger: Where each job's state is committed.
         printer: Where each result is reported.
         on_created: Called with each task created (to watch it).
-        on_given_up: Called once for each job that will not become a task in this run.
+        on_given_up: Called once for each job that will not become a task in this run,
+            with the state it is left in.
         concurrency: Creates in flight at most.
     """
 
@@ -58,7 +59,7 @@ class Creates:
         printer: Printer,
         *,
         on_created: Callable[[Job, GenerationTask | Video], None],
-        on_given_up: Callable[[Job], None],
+        on_given_up: Callable[[Job, str], None],
         concurrency: int,
     ) -> None:
         self._client = client
@@ -157,13 +158,14 @@ class Creates:
                     if (fatal := self._fatal(exc, mark)) is not None:
                         self._end_run(job, fatal)
                         return
-                    fate = fate_of_failed_create(exc, sent=mark.sent)
-                    if fate.state == "pending" and attempt < CREATE_RESENDS and mark.sent:
+                    fate = create_fate(exc, sent=mark.sent)
+                    if fate.state == "not_created" and attempt < CREATE_RESENDS and mark.sent:
                         # Complete, and it created nothing: sent again after a pause.
                         await mark.not_taken()
                         self._printer.detail("resend", key=job.key, error=fate.why)
                         continue
-                    self._give_up(job, fate.state, fate.why, mark.sent)
+                    state = "pending" if fate.state == "not_created" else fate.state
+                    self._give_up(job, state, fate.why, mark.sent)
                     return
             # Committed at once: from here on a crash leaves a task to poll, not to guess.
             self._ledger.set_state(job.key, "submitted", task_id=task.id)
@@ -203,13 +205,13 @@ class Creates:
         self._settled.add(job.key)
         self.fatal = self.fatal or why
         self.stopping = True
-        self._on_given_up(job)
+        self._on_given_up(job, "pending")
 
     def _give_up(self, job: Job, state: str, why: str, sent: bool) -> None:
         self._set_now(job, state, why)
         self._settled.add(job.key)
         self._printer.problem(state, key=job.key, line=job.line, error=why)
-        self._on_given_up(job)
+        self._on_given_up(job, state)
         if sent and not self._proven:
             # Before any success, failures in a row mean the set-up, not the jobs: stop
             # before they cost more.
@@ -232,9 +234,11 @@ class Creates:
                 line=job.line,
                 error="sent, and the run stopped before the answer came",
             )
-        elif mark.committed:
+            self._on_given_up(job, "unconfirmed")
+            return
+        if mark.committed:
             self._set_now(job, "pending", None)
-        self._on_given_up(job)
+        self._on_given_up(job, "pending")
 
     async def _set(self, job: Job, state: str) -> None:
         self._set_now(job, state, None)

@@ -31,6 +31,8 @@ class Tally:
     running: int = 0
     done: int = 0
     failed: int = 0
+    unconfirmed: int = 0
+    """Creates sent whose answer was lost: settled for this run, neither done nor failed."""
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     states: dict[str, Status] = field(default_factory=dict)
@@ -125,13 +127,14 @@ class Printer:
             return
         self._last_draw = now
         width = 24
-        finished = tally.done + tally.failed
+        finished = tally.done + tally.failed + tally.unconfirmed
         filled = width * finished // tally.total if tally.total else width
         bar = "#" * filled + "." * (width - filled)
+        unconfirmed = f"  unconfirmed {tally.unconfirmed}" if tally.unconfirmed else ""
         line = (
             f"\r[{bar}] {finished}/{tally.total}  queued {tally.queued}  running {tally.running}"
-            f"  done {tally.done}  failed {tally.failed}  {tally.bytes / 1e6:.1f} MB"
-            f"  {now - tally.started:.0f}s"
+            f"  done {tally.done}  failed {tally.failed}{unconfirmed}"
+            f"  {tally.bytes / 1e6:.1f} MB  {now - tally.started:.0f}s"
         )
         print(line, end="", file=self.stream, flush=True)
 

@@ -157,8 +157,11 @@ async def _run_jobs(
             tally.update(task)
             outcomes.add([task], fresh=True)
 
-        def given_up(job: Job) -> None:
-            tally.failed += 1
+        def given_up(job: Job, state: str) -> None:
+            if state == "unconfirmed":
+                tally.unconfirmed += 1
+            else:
+                tally.failed += 1
             outcomes.forget()
 
         creates = Creates(

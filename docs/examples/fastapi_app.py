@@ -1,8 +1,19 @@
 """A video service on FastAPI: one aio88 Client and one shared poller for the app's life.
 
-    POST /jobs {"prompt": "..."}   -> {"id": ...}            create a video job
-    GET  /jobs/{id}?timeout=600    -> {"status": ...}        wait for it, without blocking
-    GET  /jobs/{id}/video          -> video/mp4              the finished file
+    POST /jobs {"prompt": "..."}   -> 201 {"id": ...}        create a video job
+    GET  /jobs/{id}?timeout=600    -> 200 {"status": ...}    wait for it, without blocking
+    GET  /jobs/{id}/video          -> 200 video/mp4          the finished file, streamed
+
+Every error of the API becomes one answer that tells the caller what to do next (the
+client has already retried whatever was safe to retry; docs/web-backends.md says why):
+
+    429 + Retry-After   rate-limited: nothing was created; come back then
+    503 + Retry-After   the API failed and nothing was created (or billed): send it again then
+    502 "unconfirmed"   a create was sent and its answer lost: the job may exist and be billed;
+                        never sent again by this app, and the caller should not either
+    422                 the API refused the request (its message), or the job failed (its error)
+    504                 not finished within ``timeout``: wait again with the id
+    500 "misconfigured" the API refused our key (logged; the key is never shown)
 
 Run it (with AIO88_API_KEY set, or against the emulator: ``aio88 emulator --port 8088``
 and ``AIO88_BASE_URL=http://127.0.0.1:8088 AIO88_API_KEY=sk-test``)::
@@ -12,8 +23,10 @@ and ``AIO88_BASE_URL=http://127.0.0.1:8088 AIO88_API_KEY=sk-test``)::
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -22,16 +35,32 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from aio88 import (
+    Aio88Error,
+    APIConnectionError,
+    APIError,
     APIStatusError,
+    AuthenticationError,
+    BadRequestError,
     Client,
+    ConflictError,
     DownloadError,
+    InternalServerError,
     NotFoundError,
+    PermissionDeniedError,
     Poller,
+    RateLimitError,
     TaskFailedError,
     WaitTimeoutError,
+    create_fate,
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("videos")
+
+#: The ``Retry-After`` (seconds) of a 429 or 503 when the API named no pause. The client
+#: has already retried with backoff, so the fault has outlasted a few seconds.
+RETRY_AFTER = 5
 
 
 @asynccontextmanager
@@ -47,8 +76,83 @@ app = FastAPI(title="videos", lifespan=lifespan)
 
 
 class JobRequest(BaseModel):
+    """The body of ``POST /jobs``."""
+
     prompt: str
     seconds: str = "4"
+
+
+# -- errors -> HTTP ------------------------------------------------------------------------
+
+
+def problem(
+    status: int, error: str, message: str, /, *, retry_after: float | None = None, **facts: Any
+) -> HTTPException:
+    """An HTTP error whose body says what happened (``error``), in words, with facts."""
+    headers = None
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}  # whole seconds
+    return HTTPException(status, {"error": error, "message": message, **facts}, headers=headers)
+
+
+def api_failure(exc: Aio88Error) -> HTTPException:
+    """The answer to an API error that means the same on every route."""
+    if isinstance(exc, RateLimitError):
+        # The client retried the 429s (slowing all its requests); these outlasted that.
+        return problem(
+            429,
+            "rate_limited",
+            "the video API is rate-limiting us; try again later",
+            retry_after=exc.retry_after or RETRY_AFTER,
+        )
+    if isinstance(exc, APIStatusError) and exc.media_host is not None:
+        # A media server (a CDN) refused the video's link: not our key, not the caller.
+        log.warning("the media server refused a video link: %s", exc)
+        return problem(502, "bad_gateway", "the video's storage refused it; try again later")
+    if isinstance(exc, AuthenticationError | PermissionDeniedError):
+        # The operator's problem, not the caller's: said in the log (aio88 never puts the
+        # key in a message), and nothing of it in the answer.
+        log.error("the video API refused our key: %s", exc)
+        return problem(500, "misconfigured", "the service is misconfigured")
+    if isinstance(exc, InternalServerError | APIConnectionError) or (
+        isinstance(exc, APIStatusError) and exc.status_code == 408
+    ):
+        # Reads reach here only after the client's retries; creates only when nothing
+        # was created (create_failure sorts them first).
+        log.warning("the video API is failing: %s", exc)
+        return problem(
+            503, "unavailable", "the video API is failing; try again later", retry_after=RETRY_AFTER
+        )
+    if isinstance(exc, APIStatusError):  # any other 4xx: this request was refused
+        return problem(422, "rejected", exc.message, request_id=exc.request_id)
+    # An answer the client could not read (or about another task): a bad gateway.
+    log.warning("unusable answer from the video API: %s", exc)
+    return problem(502, "bad_gateway", "the video API's answer could not be used")
+
+
+def create_failure(exc: Aio88Error, job: JobRequest) -> HTTPException:
+    """The answer to a failed create: sent again later (nothing made), or unconfirmed."""
+    # create_fate reads the answer as new-api's code means it (docs/billing.md): its own
+    # error answers are refunded, but a lost answer, a proxy's page, or its "billed but no
+    # id" 500 may stand in front of a created task.
+    if create_fate(exc).state != "unconfirmed":
+        return api_failure(exc)
+    # 88API has no idempotency key and no way to ask whether a create arrived: sending
+    # it again could make (and bill) the video twice. Name the job, so that someone can
+    # look for it in 88API's task list, and leave the decision to a person.
+    log.warning("create unconfirmed, not sent again: prompt=%r: %s", job.prompt, exc)
+    return problem(
+        502,
+        "unconfirmed",
+        "the create was sent, and its answer was lost or does not say whether the job was "
+        "made: it may exist (and be billed). It was not sent again; look for it in 88API's "
+        "task list before sending it again",
+        job=job.model_dump(),
+        request_id=exc.request_id if isinstance(exc, APIError) else None,
+    )
+
+
+# -- routes --------------------------------------------------------------------------------
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -80,15 +184,24 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     if failure:
         raise failure[0]
     if not result:
-        raise HTTPException(499, "the client went away")
+        raise problem(499, "gone", "the client went away")
     return result[0]
 
 
 @app.post("/jobs", status_code=201)
 async def create_job(job: JobRequest, request: Request) -> dict[str, Any]:
-    """Create a video job; the caller keeps the id."""
+    """Create a video job; the caller keeps the id.
+
+    Not raced against the caller's disconnect (unlike the wait): a create cancelled after
+    it was sent would leave a job, maybe billed, whose id nobody learns.
+    """
     client: Client = request.app.state.client
-    video = await client.videos.create(model="sora-2", prompt=job.prompt, seconds=job.seconds)
+    try:
+        video = await client.videos.create(model="sora-2", prompt=job.prompt, seconds=job.seconds)
+    except Aio88Error as exc:
+        raise create_failure(exc, job) from exc
+    except (ValueError, TypeError) as exc:  # refused before anything was sent
+        raise problem(422, "rejected", str(exc)) from exc
     return {"id": video.id, "status": video.status.value}
 
 
@@ -99,31 +212,63 @@ async def wait_for_job(job_id: str, request: Request, timeout: float = 600) -> d
     try:
         task = await until_disconnected(request, poller.wait(job_id, kind="video", timeout=timeout))
     except TaskFailedError as exc:
-        raise HTTPException(422, f"the job failed: {exc.task.error}") from exc
+        error = exc.task.error
+        raise problem(
+            422,
+            "failed",
+            (error.message if error else None) or "the job failed",
+            id=job_id,
+            code=error.code if error else None,
+        ) from exc
     except WaitTimeoutError as exc:
-        raise HTTPException(504, "not finished yet; wait again") from exc
+        last = exc.task.status.value if exc.task is not None else None
+        raise problem(
+            504,
+            "timeout",
+            f"not finished within {timeout:g}s; it goes on: GET /jobs/{job_id} again later",
+            id=job_id,
+            status=last,
+        ) from exc
     except NotFoundError as exc:
-        raise HTTPException(404, "no such job") from exc
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from exc
+        raise problem(404, "not_found", "no such job", id=job_id) from exc
+    except Aio88Error as exc:
+        raise api_failure(exc) from exc
+    except ValueError as exc:  # not an id at all
+        raise problem(400, "bad_id", str(exc)) from exc
     return {"id": task.id, "status": task.status.value, "progress": task.progress}
 
 
 @app.get("/jobs/{job_id}/video")
 async def job_video(job_id: str, request: Request) -> StreamingResponse:
-    """Stream the finished video through, without holding it in memory."""
+    """Stream the finished video through, without holding it in memory.
+
+    ``resume=True``: a connection to the API cut mid-body is continued with a ``Range``
+    request, so the caller's stream goes on instead of breaking. Errors before the first
+    byte get their HTTP status; after it the status is sent, so a stream that cannot be
+    continued is closed short of its ``Content-Length``, which the caller can detect.
+    """
     client: Client = request.app.state.client
-    content = client.videos.content(job_id)
+    stack = AsyncExitStack()
     try:
-        body = await content.__aenter__()
-    except (APIStatusError, DownloadError) as exc:  # unknown, or not finished yet
-        raise HTTPException(409, f"no finished video for {job_id}") from exc
+        body = await stack.enter_async_context(client.videos.content(job_id, resume=True))
+    except (NotFoundError, BadRequestError, ConflictError, DownloadError) as exc:
+        # Unknown, or not finished yet (88API answers 400 or 404 for that).
+        raise problem(409, "not_ready", f"no finished video for {job_id}", id=job_id) from exc
+    except Aio88Error as exc:
+        raise api_failure(exc) from exc
+    except ValueError as exc:
+        raise problem(400, "bad_id", str(exc)) from exc
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
             async for chunk in body:
                 yield chunk
+        except Aio88Error as exc:
+            log.error("video %s cut after %d bytes: %s", job_id, body.received, exc)
+            raise
         finally:
-            await content.__aexit__(None, None, None)
+            await stack.aclose()
 
-    return StreamingResponse(chunks(), media_type="video/mp4")
+    # The length, when the API said, lets the caller tell a whole video from a cut one.
+    headers = {"Content-Length": str(body.content_length)} if body.content_length else {}
+    return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
