@@ -84,3 +84,26 @@ async def test_an_idle_poller_returns_to_its_concurrency() -> None:
         c.signal(now=i * 0.01, sent_at=i * 0.01)
     assert c.current(0.05) < 64
     assert c.current(0.05 + CONGESTION_RECOVERY) == 64
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+async def test_a_poller_left_idle_after_a_burst_returns_to_its_concurrency() -> None:
+    """429s without Retry-After halve the concurrency; then, with no poll at all, time
+    alone brings it back to what it was configured for."""
+    retry = RetryPolicy(backoff_initial=0.01, backoff_max=0.05)
+    async with (
+        Emulator(duration=None) as emu,
+        Client("sk-test", base_url=emu.base_url, retry=retry) as client,
+    ):
+        tasks = [await client.videos.create(prompt=f"fox {i}") for i in range(64)]
+        emu.inject("429", times=20, method="GET")  # no Retry-After: the poller adapts
+        async with client.poller(concurrency=64) as poller:
+            for task in tasks:
+                poller.add(task.id, kind="video")
+            with anyio.fail_after(5):
+                while emu.count("GET") < 64 + 20:  # noqa: ASYNC110 - the log has no event
+                    await anyio.sleep(0.01)
+            assert poller.stats().concurrency < 64
+            await anyio.sleep(CONGESTION_RECOVERY + 0.2)  # idle: the next polls are far off
+            assert poller.stats().concurrency == 64
