@@ -9,6 +9,8 @@
         task = await client.generations.wait(task.id)
 """
 
+from types import FunctionType
+
 from ._billing import CreateFate, create_fate
 from ._client import Client
 from ._clock import Clock
@@ -98,6 +100,6 @@ __all__ = [
 # Present every public name as aio88.X (in reprs, tracebacks and docs), not aio88._module.X.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("aio88._"):
+    if isinstance(_obj, type | FunctionType) and _obj.__module__.startswith("aio88._"):
         _obj.__module__ = "aio88"
-del _name, _obj
+del _name, _obj, FunctionType

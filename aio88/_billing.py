@@ -16,6 +16,17 @@ __all__ = ["BILLED_WITHOUT_ID", "CreateFate", "create_fate"]
 #: failed): the task runs and is billed, but the answer carries no id.
 BILLED_WITHOUT_ID = "task_billing_settlement_failed"
 
+#: What a create raises before anything is sent: a bad argument, a file it cannot read.
+#: (Not every OSError: a TimeoutError is one, and it may come after the request left.)
+_LOCAL_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
 #: Complete answers that create nothing and may succeed later.
 _TRANSIENT = frozenset({408, 429})
 
@@ -47,14 +58,15 @@ def create_fate(error: BaseException, *, sent: bool | None = None) -> CreateFate
         error: What the create raised (an API answer, a lost connection, a local error).
         sent: Whether any of the request was written to a connection. By default:
             ``APIConnectionError.request_sent`` (exact for the client's own sessions),
-            ``False`` for a local ``ValueError``/``TypeError``/``OSError`` (raised before
-            sending), ``True`` for anything else.
+            ``False`` for a local error raised before sending (a bad argument, a file that
+            cannot be read), ``True`` for anything else: a timeout or a cancellation of
+            the caller's may have come after the request left.
     """
     if sent is None:
         if isinstance(error, APIConnectionError):
             sent = error.request_sent
         else:
-            sent = not isinstance(error, ValueError | TypeError | OSError)
+            sent = not isinstance(error, _LOCAL_ERRORS)
     if not sent:
         return CreateFate("not_created", f"not sent: {error}")
     if isinstance(error, APIStatusError):

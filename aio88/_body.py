@@ -12,6 +12,7 @@ import anyio
 from ._config import MESSAGE_EXCERPT_LIMIT
 from ._errors import APIConnectionError, DownloadError
 from ._failures import TRANSPORT_ERRORS, translate
+from ._models import redact_text
 
 __all__ = ["NOT_VIDEO_TYPES", "Body", "read_limited", "refuse_message"]
 
@@ -118,7 +119,7 @@ async def refuse_message(
     text = await read_limited(response, MESSAGE_EXCERPT_LIMIT, timeout)
     raise DownloadError(
         f"expected a video from {where} but got {response.content_type}: "
-        f"{text.decode('utf-8', 'replace')!r}",
+        f"{redact_text(text.decode('utf-8', 'replace'))!r}",
         path=dest,
         status_code=response.status,
     )

@@ -43,12 +43,21 @@ class Congestion:
         """When the last decrease was decided; a 429 for a request sent before it is part
         of the same window."""
 
+    @property
+    def lowered(self) -> bool:
+        """Whether a signal lowered it and it has not been seen back at the ceiling since
+        (a cheap test for hot paths, before :meth:`current`)."""
+        return self._amount < self.ceiling
+
     def current(self, now: float) -> float:
         """The amount in force at ``now`` (time's growth included)."""
         if self._amount >= self.ceiling:
             return self.ceiling
         grown = self._amount + (now - self._since) * self._grow_per_second
-        return grown if grown < self.ceiling else self.ceiling
+        if grown < self.ceiling:
+            return grown
+        self._amount = self.ceiling  # back at the ceiling: `lowered` is False again
+        return self.ceiling
 
     def signal(self, now: float, sent_at: float) -> bool:
         """A congestion signal (a 429) for a request sent at ``sent_at``. Halves the amount

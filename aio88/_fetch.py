@@ -14,7 +14,7 @@ import msgspec
 
 from ._errors import BODY_EXCERPT_CHARS, APIResponseValidationError
 from ._http import Response, Transport
-from ._models import Kind, ResponseShapeError, Task, decode_generation, decode_video
+from ._models import Kind, ResponseShapeError, Task, decode_generation, decode_video, redact_text
 from ._retry import parse_retry_after
 
 __all__ = ["DECODERS", "PATHS", "decode_answer", "fetch_task", "poll_hint"]
@@ -49,7 +49,8 @@ def decode_answer(decode: Callable[[bytes], TaskT], resp: Response) -> TaskT:
     try:
         return decode(resp.body)
     except (msgspec.DecodeError, ResponseShapeError) as exc:
-        excerpt = resp.body[:BODY_EXCERPT_CHARS].decode("utf-8", "replace")
+        # A task's body carries its signed link: never quoted whole.
+        excerpt = redact_text(resp.body[:BODY_EXCERPT_CHARS].decode("utf-8", "replace"))
         raise APIResponseValidationError(
             f"HTTP {resp.status} with a body that is not a task ({exc}): {excerpt!r}",
             status_code=resp.status,

@@ -148,8 +148,10 @@ class Transport:
         self.requests_sent = 0
         #: 429 answers seen.
         self.rate_limited = 0
-        #: 429 answers without ``Retry-After``: the server said to slow down, not how much.
-        self.rate_limited_unpaced = 0
+        #: New congestion signals from 429s without ``Retry-After`` (the server said to slow
+        #: down, not how much): one per window, as :class:`AdaptiveRate` judges them. A
+        #: poller halves its concurrency once per signal.
+        self.congestion_signals = 0
         #: Retries made.
         self.retries = 0
 
@@ -254,11 +256,12 @@ class Transport:
         self.rate_limited += 1
         pause = retry_after
         if pause is None:
-            self.rate_limited_unpaced += 1
             pause = backoff_delay(self._consecutive_429, self.retry)
         pause = min(pause, self.retry.retry_after_max)
         if self.rate.on_rate_limited(self.clock(), pause, sent_at):
             self._consecutive_429 += 1
+            if retry_after is None:
+                self.congestion_signals += 1
         return pause
 
     # -- the one retry driver --------------------------------------------------------------
@@ -353,7 +356,7 @@ class Transport:
                 status = resp.status
                 if status < 300:
                     result = await read(resp)
-                    if self.rate_limited:  # recovering from 429s (else nothing to do)
+                    if self._consecutive_429 or self.rate.recovering:  # after 429s only
                         self._consecutive_429 = 0
                         self.rate.on_success(self.clock())
                     return result
@@ -367,7 +370,7 @@ class Transport:
             except FINAL_ERRORS as exc:
                 error = translate(exc, f"{method} {url.path}")
                 _agree_on_sent(mark, error, traced=traced, taken=taken)
-                raise error from exc
+                raise error from _quotable(exc)
             except TRANSPORT_ERRORS as exc:
                 # Failures only build strings: the poll path stays lean.
                 what = f"{method} {url.path}"
@@ -436,7 +439,7 @@ class Transport:
             idempotent=idempotent,
             request_sent=error.request_sent,
         ):
-            raise error from exc
+            raise error from _quotable(exc)
         delay = backoff_delay(attempt - 1, self.retry)
         self._log_retry(what, attempt, delay, str(error))
         return delay
@@ -579,6 +582,13 @@ class Transport:
             yield Body(resp, block_size)
         finally:
             resp.release()
+
+
+def _quotable(exc: BaseException) -> BaseException | None:
+    """``exc`` as the cause to chain, unless its message quotes a URL with a query (an
+    aiohttp error names the URL whole, signature included): then none, since our own
+    message already says what failed."""
+    return None if "?" in str(exc) else exc
 
 
 def _agree_on_sent(

@@ -43,6 +43,7 @@ __all__ = [
     "decode_video",
     "normalize_status",
     "parse_progress",
+    "redact_text",
     "redact_url",
 ]
 
@@ -152,6 +153,16 @@ def redact_url(url: str) -> str:
         query = "…" if parts.query else ""
         return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     return url
+
+
+#: A URL in free text, up to its query: what ``redact_text`` keeps.
+_URL_IN_TEXT = re.compile(r"""(https?://[^\s"'?#<>]+)\?[^\s"'<>]*""")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an excerpt of a body, another library's message) with the query of every
+    URL in it shown as ``?…``, as :func:`redact_url` does for one URL."""
+    return _URL_IN_TEXT.sub(r"\1?…", text)
 
 
 def _repr(struct: VideoMetadata | _Task) -> str:

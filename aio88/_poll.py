@@ -187,6 +187,7 @@ class Poller:
             now=0.0,  # only read once a 429 has lowered it, with the clock's time then
         )
         self._standing_by: set[anyio.CancelScope] = set()
+        self._signals_seen = transport.congestion_signals
         self._polls = 0
         self._finished = 0
         self._errors = 0
@@ -319,7 +320,8 @@ class Poller:
             kind: ``"generation"`` or ``"video"``; default: from the task, else ``"video"``.
             timeout: Seconds to wait; the poller's default if omitted; ``None``: forever.
                 ``0`` polls once (or, for an id already polled for another caller, takes
-                its latest answer) and returns the task if it has succeeded.
+                its latest answer, or its next one if none has come yet) and returns the
+                task if it has succeeded.
 
         Raises:
             TaskFailedError: The task failed.
@@ -423,7 +425,7 @@ class Poller:
         streak = 0
         congestion, clock = self._congestion, self._clock
         while True:
-            if index >= congestion.current(clock.now()):
+            if congestion.lowered and index >= congestion.current(clock.now()):
                 await self._stand_by(index)  # stood down after a 429
             streak += 1
             if streak >= POLL_FAIRNESS_STREAK:
@@ -450,8 +452,6 @@ class Poller:
     async def _poll(self, entry: _Tracked) -> None:
         transport = self._transport
         limited_before = transport.rate_limited
-        unpaced_before = transport.rate_limited_unpaced
-        sent_at = self._clock.now()
         self._in_flight += 1
         self._polls += 1
         entry.polls += 1
@@ -467,8 +467,8 @@ class Poller:
         except _TRANSIENT as exc:
             self._errors += 1
             entry.failures += 1
-            if transport.rate_limited_unpaced != unpaced_before:
-                self._congested(sent_at)
+            if transport.congestion_signals != self._signals_seen:
+                self._congested()
             delay = backoff_delay(entry.failures, transport.retry) + self.schedule.floor
             log.debug("poll %s failed (%s); again in %.1fs", entry.id, exc, delay)
             if entry.live:
@@ -484,8 +484,8 @@ class Poller:
             # taken for this one's.
             self._finish(entry, entry.task, wrong_task_error(entry.id, task.id))
             return
-        if transport.rate_limited_unpaced != unpaced_before:  # a 429, then a retry's success
-            self._congested(sent_at)
+        if transport.congestion_signals != self._signals_seen:  # a 429, then a retry's success
+            self._congested()
         elif transport.rate_limited == limited_before:
             self._regrow()
         entry.failures = 0
@@ -540,12 +540,16 @@ class Poller:
 
     # -- congestion ----------------------------------------------------------------------
 
-    def _congested(self, sent_at: float) -> None:
-        """A 429 without ``Retry-After`` for a poll sent at ``sent_at``: halve the
-        concurrency, once per window. (A 429 with one is answered by the transport's pause
-        for every request; lowering the concurrency too only slowed batches, measured in
-        ``benchmarks/bench_congestion.py``.)"""
-        self._congestion.signal(self._clock.now(), sent_at)
+    def _congested(self) -> None:
+        """New congestion signals (429s without ``Retry-After``, one per window, as the
+        transport judged them): halve the concurrency once for each. (A 429 with one is
+        answered by the transport's pause for every request; lowering the concurrency too
+        only slowed batches, measured in ``benchmarks/bench_congestion.py``.)"""
+        signals = self._transport.congestion_signals
+        now = self._clock.now()
+        for _ in range(signals - self._signals_seen):
+            self._congestion.signal(now, now)
+        self._signals_seen = signals
 
     def _regrow(self) -> None:
         """A clean poll: one more slot per window of successes (additive increase)."""

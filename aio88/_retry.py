@@ -3,7 +3,8 @@
 The request path in ``_http`` asks these functions *whether* and *how long*; it alone
 sleeps. Tests call them with fixed random numbers and clocks.
 
-This module is a leaf: it imports nothing from aio88 (the policy is duck-typed).
+This module is a leaf: it imports only the other leaves it builds on (the defaults in
+``_config`` and the arithmetic of ``_congestion``); the policy is duck-typed.
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ class AdaptiveRate:
         self._signalled_at = -math.inf
         #: No request may start before this time (a 429's ``Retry-After``).
         self.paused_until = 0.0
+
+    @property
+    def recovering(self) -> bool:
+        """Whether a 429 lowered the rate and it is not back yet."""
+        return self._congestion is not None and self._congestion.lowered
 
     def current_rate(self, now: float) -> float | None:
         """The rate in force at ``now``, lowered after a 429; ``None`` when unlimited."""

@@ -106,11 +106,17 @@ class Hooks:
             self.limited.append(time.monotonic())
 
 
+#: A request started this soon after a 429's head arrived was on its way already: the
+#: client's hook sees the head before the client has read and acted on the answer.
+READ_GRACE = 0.01
+
+
 def count_in_pauses(times: list[float], answers_429: list[float], pause: float) -> int:
-    """How many of ``times`` (sorted) fall within ``pause`` seconds after a 429 arrived."""
+    """How many of ``times`` (sorted) fall within ``pause`` seconds after a 429 arrived
+    (from ``READ_GRACE`` on)."""
     windows: list[tuple[float, float]] = []
     for t in sorted(answers_429):
-        start, end = t, t + pause
+        start, end = t + READ_GRACE, t + pause
         if windows and start <= windows[-1][1]:
             windows[-1] = (windows[-1][0], max(windows[-1][1], end))
         elif start < end:

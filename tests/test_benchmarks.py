@@ -198,5 +198,7 @@ async def test_bench_congestion_smoke(outputs: SideBySide) -> None:
         (0.2, 1.0),
     ]
     assert all(r["errors"] == 0 and r["requests"] >= 8 for r in runs)
-    assert all(r["during_pauses"] == 0 for r in runs if r["retry_after"] is not None)
+    # (At most a stray one: on a loaded machine a request can start between a 429's head
+    # arriving and the client reading it, longer than the script's grace.)
+    assert all(r["during_pauses"] <= 1 for r in runs if r["retry_after"] is not None)
     assert all(r["concurrency"] for r in runs)

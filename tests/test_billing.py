@@ -69,3 +69,10 @@ def test_nothing_sent_is_not_created(error: BaseException) -> None:
 def test_the_billed_answer_says_so() -> None:
     fate = create_fate(_answer(500, _shape_c(BILLED_WITHOUT_ID)), sent=True)
     assert "billed" in fate.why and "id" in fate.why
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), OSError("disk"), RuntimeError("x")])
+def test_a_timeout_or_anything_unknown_may_have_been_sent(error: BaseException) -> None:
+    """A caller's own timeout (anyio.fail_after around a create) may come after the request
+    left: unconfirmed, never "safe to send again"."""
+    assert create_fate(error).state == "unconfirmed"

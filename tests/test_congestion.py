@@ -33,11 +33,13 @@ def test_never_below_the_floor_and_back_with_time() -> None:
     for i in range(20):
         c.signal(now=i / 100, sent_at=i / 100)
     assert c.current(0.19) == pytest.approx(8, rel=0.01)
-    assert c.current(5.19) == pytest.approx(36, rel=0.01)  # linear: floor to ceiling in 10 s
-    assert c.current(10.2) == 64
     assert c.time_until(36, now=0.19) == pytest.approx(5.0, rel=0.01)
     assert c.time_until(65, now=0.19) == math.inf
     assert c.time_until(8, now=0.19) == 0.0
+    assert c.lowered
+    assert c.current(5.19) == pytest.approx(36, rel=0.01)  # linear: floor to ceiling in 10 s
+    assert c.current(10.2) == 64
+    assert not c.lowered  # seen back at the ceiling (time only moves forward)
 
 
 def test_successes_grow_it_one_unit_per_window() -> None:
@@ -63,7 +65,7 @@ async def test_a_burst_of_429s_does_not_collapse_the_poller() -> None:
         Client("sk-test", base_url=emu.base_url, retry=retry) as client,
     ):
         tasks = [await client.videos.create(prompt=f"fox {i}") for i in range(64)]
-        emu.inject("429", times=20, method="GET", retry_after=0.05)
+        emu.inject("429", times=20, method="GET")  # no Retry-After: the poller adapts
         async with client.poller(concurrency=64) as poller:
             for task in tasks:
                 poller.add(task.id, kind="video")
@@ -71,13 +73,12 @@ async def test_a_burst_of_429s_does_not_collapse_the_poller() -> None:
                 while emu.count("GET") < 64 + 20:  # noqa: ASYNC110 - the log has no event
                     await anyio.sleep(0.01)
             stats = poller.stats()
-            assert stats.concurrency >= 31  # 64 halved once, not to 1
+            assert 32 <= stats.concurrency < 64  # 64 halved once (and regrowing), not to 1
             assert stats.rate_limited == 20 and stats.errors == 0  # each retried, and answered
 
 
-async def test_an_idle_poller_returns_to_its_concurrency() -> None:
-    """After 429s, time alone brings the concurrency back (here, with a short recovery
-    measured on the poller's own clock)."""
+def test_time_alone_brings_it_back_within_the_recovery() -> None:
+    """After signals, time alone brings the amount back to the ceiling, as configured."""
     assert CONGESTION_RECOVERY > 0
     c = Congestion(64, floor=8, recovery=CONGESTION_RECOVERY, now=0.0)
     for i in range(5):

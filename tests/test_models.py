@@ -242,3 +242,17 @@ def test_answers_for_either_id() -> None:
     assert not task.answers_for("task_2")
     numbered = decode_generation(b'{"code": "success", "data": {"task_id": "t", "id": 42}}')
     assert numbered.answers_for("42") and numbered.answers_for("t")
+
+
+def test_redact_text_hides_every_query_in_free_text() -> None:
+    """An excerpt of a body quoted in a message never carries a signed link whole."""
+    from aio88._models import redact_text
+
+    text = (
+        '{"url":"https://cdn.example/v/1.mp4?X-Amz-Signature=abc&X-Amz-Credential=k",'
+        ' "other": "see http://x.example/a?token=t"} and https://plain.example/b'
+    )
+    redacted = redact_text(text)
+    assert "abc" not in redacted and "token=t" not in redacted
+    assert "https://cdn.example/v/1.mp4?…" in redacted and "http://x.example/a?…" in redacted
+    assert "https://plain.example/b" in redacted

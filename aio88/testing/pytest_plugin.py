@@ -85,9 +85,17 @@ def _runner(request: pytest.FixtureRequest) -> str:
     # pytest-asyncio first: when both plugins could take a test, pytest-asyncio runs it
     # (it replaces the test function with a synchronous one, which anyio then leaves alone).
     if isinstance(item, pytest.Item) and request.config.pluginmanager.has_plugin("asyncio"):
-        from pytest_asyncio import is_async_test
+        import pytest_asyncio
 
-        if is_async_test(item):
+        # is_async_test came with 0.23; before it, pytest-asyncio's tests end below.
+        is_async_test = getattr(pytest_asyncio, "is_async_test", None)
+        if is_async_test is not None and is_async_test(item):
+            if not _HAS_ASYNCIO_VARIANTS:
+                pytest.fail(
+                    "aio88's fixtures need pytest-asyncio 0.24 or newer to run under it: "
+                    "upgrade it, or run the test with anyio's plugin (@pytest.mark.anyio)",
+                    pytrace=False,
+                )
             return f"asyncio_{_asyncio_loop_scope(item)}"
     if "anyio_backend" in request.fixturenames:
         backend = request.getfixturevalue("anyio_backend_name")
@@ -191,9 +199,16 @@ def _asyncio_variants(loop_scope: _LoopScope) -> tuple[Callable[..., Any], Calla
 
 # pytest collects fixtures from the module's names, so each variant gets one; without
 # pytest-asyncio installed there is nothing to define (and no test it could run).
+_HAS_ASYNCIO_VARIANTS = False
 if importlib.util.find_spec("pytest_asyncio") is not None:
-    for _scope in _LOOP_SCOPES:
-        (
-            globals()[f"_emulator_on_asyncio_{_scope}"],
-            globals()[f"_client_on_asyncio_{_scope}"],
-        ) = _asyncio_variants(_scope)
+    try:
+        for _scope in _LOOP_SCOPES:
+            (
+                globals()[f"_emulator_on_asyncio_{_scope}"],
+                globals()[f"_client_on_asyncio_{_scope}"],
+            ) = _asyncio_variants(_scope)
+        _HAS_ASYNCIO_VARIANTS = True
+    except TypeError:
+        # pytest-asyncio before 0.24 has no loop_scope. This plugin loads for every pytest
+        # run, so it must not fail here: the tests pytest-asyncio runs are told (_runner).
+        pass

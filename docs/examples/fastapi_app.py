@@ -30,7 +30,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -97,6 +97,11 @@ def problem(
 
 def api_failure(exc: Aio88Error) -> HTTPException:
     """The answer to an API error that means the same on every route."""
+    if isinstance(exc, APIStatusError) and exc.media_host is not None:
+        # A media server (a CDN) refused the video's link, whatever its status: not our
+        # key, not the caller, and not the API's rate.
+        log.warning("the media server refused a video link: %s", exc)
+        return problem(502, "bad_gateway", "the video's storage refused it; try again later")
     if isinstance(exc, RateLimitError):
         # The client retried the 429s (slowing all its requests); these outlasted that.
         return problem(
@@ -105,10 +110,6 @@ def api_failure(exc: Aio88Error) -> HTTPException:
             "the video API is rate-limiting us; try again later",
             retry_after=exc.retry_after or RETRY_AFTER,
         )
-    if isinstance(exc, APIStatusError) and exc.media_host is not None:
-        # A media server (a CDN) refused the video's link: not our key, not the caller.
-        log.warning("the media server refused a video link: %s", exc)
-        return problem(502, "bad_gateway", "the video's storage refused it; try again later")
     if isinstance(exc, AuthenticationError | PermissionDeniedError):
         # The operator's problem, not the caller's: said in the log (aio88 never puts the
         # key in a message), and nothing of it in the answer.
@@ -206,7 +207,9 @@ async def create_job(job: JobRequest, request: Request) -> dict[str, Any]:
 
 
 @app.get("/jobs/{job_id}")
-async def wait_for_job(job_id: str, request: Request, timeout: float = 600) -> dict[str, Any]:
+async def wait_for_job(
+    job_id: str, request: Request, timeout: float = Query(600, ge=0, allow_inf_nan=False)
+) -> dict[str, Any]:
     """Wait until the job finishes (or ``timeout``); many callers share one poll stream."""
     poller: Poller = request.app.state.poller
     try:
@@ -230,6 +233,8 @@ async def wait_for_job(job_id: str, request: Request, timeout: float = 600) -> d
             status=last,
         ) from exc
     except NotFoundError as exc:
+        if exc.media_host is not None:
+            raise api_failure(exc) from exc
         raise problem(404, "not_found", "no such job", id=job_id) from exc
     except Aio88Error as exc:
         raise api_failure(exc) from exc
@@ -252,6 +257,8 @@ async def job_video(job_id: str, request: Request) -> StreamingResponse:
     try:
         body = await stack.enter_async_context(client.videos.content(job_id, resume=True))
     except (NotFoundError, BadRequestError, ConflictError, DownloadError) as exc:
+        if isinstance(exc, APIStatusError) and exc.media_host is not None:
+            raise api_failure(exc) from exc  # the link's server, not the job
         # Unknown, or not finished yet (88API answers 400 or 404 for that).
         raise problem(409, "not_ready", f"no finished video for {job_id}", id=job_id) from exc
     except Aio88Error as exc:
