@@ -29,6 +29,8 @@ __all__ = [
     "DOWNLOAD_BLOCK_SIZE",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "ENV_DASHBOARD_TOKEN",
+    "ENV_USER_ID",
     "ERROR_BODY_LIMIT",
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
@@ -36,6 +38,10 @@ __all__ = [
     "POLL_CONCURRENCY_FLOOR",
     "POLL_FAIRNESS_STREAK",
     "RATE_FLOOR",
+    "RECONCILE_CLOCK_SKEW",
+    "RECONCILE_MAX_PAGES",
+    "RECONCILE_PAGE_SIZE",
+    "RECONCILE_SETTLE",
     "POOL_KEEPALIVE",
     "SETUP_PROBES",
     "RetryPolicy",
@@ -72,6 +78,22 @@ CREATE_RESENDS = 2
 SETUP_PROBES = 3
 #: After a first Ctrl-C, how long ``aio88 run`` waits for creates already sent to answer.
 INTERRUPT_GRACE = 5.0
+#: The dashboard access token ``aio88 run --reconcile`` reads its task list with (not an
+#: ``sk-`` key: the dashboard's own, from its personal settings).
+ENV_DASHBOARD_TOKEN = "AIO88_DASHBOARD_TOKEN"  # noqa: S105 - a variable name, no secret
+#: The dashboard user id sent with it as ``New-Api-User``.
+ENV_USER_ID = "AIO88_USER_ID"
+#: Seconds after a create was last sent during which its task may still be missing from
+#: the dashboard's list (new-api stores a task once its vendor has taken it): a job sent
+#: more recently, with no task found, stays ``unconfirmed`` rather than be created again.
+RECONCILE_SETTLE = 120.0
+#: Seconds by which the client's and the server's clocks may disagree: the widening of
+#: each job's sending window (a wider window can only find more candidates).
+RECONCILE_CLOCK_SKEW = 60.0
+#: Tasks asked for per page of the dashboard's task list.
+RECONCILE_PAGE_SIZE = 100
+#: Pages read at most (a bound on a list that keeps growing while it is read).
+RECONCILE_MAX_PAGES = 200
 #: How much of an error body is read: enough for any JSON error, never a whole video.
 ERROR_BODY_LIMIT = 64 * 1024
 #: How many redirects a request follows.

@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     path       TEXT,
     size       INTEGER,
     sha256     TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    sending_since REAL,
+    sending_last  REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
 """
@@ -82,6 +84,11 @@ class Job:
     path: str | None = None
     size: int | None = None
     sha256: str | None = None
+    sending_since: float | None = None
+    """Unix time its create was first about to be written (``None``: never, or a ledger
+    written by an aio88 that kept no such time)."""
+    sending_last: float | None = None
+    """Unix time its create was last about to be written (each try, each resend)."""
 
 
 class LedgerBusyError(Exception):
@@ -118,7 +125,12 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in (("size", "INTEGER"), ("sha256", "TEXT")):
+        for column, kind in (
+            ("size", "INTEGER"),
+            ("sha256", "TEXT"),
+            ("sending_since", "REAL"),
+            ("sending_last", "REAL"),
+        ):
             if column not in columns:  # a ledger written by an earlier aio88
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
@@ -165,17 +177,30 @@ class Ledger:
     def jobs(self, *states: str) -> Iterator[Job]:
         """The jobs in any of ``states`` (all jobs when none given), in file order."""
         query = (
-            "SELECT key, line, kind, request, state, task_id, error, path, size, sha256 FROM jobs"
+            "SELECT key, line, kind, request, state, task_id, error, path, size, sha256, "
+            "sending_since, sending_last FROM jobs"
         )
         params: tuple[str, ...] = ()
         if states:
             query += f" WHERE state IN ({', '.join('?' * len(states))})"
             params = states
-        for key, line, kind, request, state, task_id, error, path, size, sha in self._db.execute(
-            query + " ORDER BY line", params
-        ):
+        for row in self._db.execute(query + " ORDER BY line", params):
+            key, line, kind, request, state, task_id, error, path, size, sha, since, last = row
             # The kind column holds only what load_jobs validated: "generation" or "video".
-            yield Job(key, line, kind, json.loads(request), state, task_id, error, path, size, sha)
+            yield Job(
+                key,
+                line,
+                kind,
+                json.loads(request),
+                state,
+                task_id,
+                error,
+                path,
+                size,
+                sha,
+                since,
+                last,
+            )
 
     def set_state(
         self,
@@ -189,13 +214,27 @@ class Ledger:
         sha256: str | None = None,
     ) -> None:
         """Move a job to ``state`` (committed when this returns); a downloaded job's file
-        is recorded with its size and SHA-256, to be checked later."""
+        is recorded with its size and SHA-256, to be checked later.
+
+        A move to ``submitting`` also records when: the first such time is kept, and the
+        last; together they bound when a task its create made can have been stored
+        (``aio88 run --reconcile`` looks for it in that window).
+        """
+        now = time.time()
+        sending = now if state == "submitting" else None
         self._db.execute(
             "UPDATE jobs SET state = ?, task_id = COALESCE(?, task_id), error = ?, "
             "path = COALESCE(?, path), size = COALESCE(?, size), "
-            "sha256 = COALESCE(?, sha256), updated_at = ? WHERE key = ?",
-            (state, task_id, error, path, size, sha256, time.time(), key),
+            "sha256 = COALESCE(?, sha256), updated_at = ?, "
+            "sending_since = COALESCE(sending_since, ?), "
+            "sending_last = COALESCE(?, sending_last) WHERE key = ?",
+            (state, task_id, error, path, size, sha256, now, sending, sending, key),
         )
+
+    def task_ids(self) -> set[str]:
+        """Every task id the ledger knows (each belongs to one job)."""
+        rows = self._db.execute("SELECT task_id FROM jobs WHERE task_id IS NOT NULL")
+        return {str(row[0]) for row in rows}
 
     def key_of_task(self, task_id: str) -> str | None:
         """The job that created ``task_id``."""

@@ -502,20 +502,23 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_live_progress_line_on_a_terminal() -> None:
-    """On a terminal the progress bar redraws in place with counts and bytes."""
+def test_a_terminal_without_rich_gets_plain_lines_and_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without rich (the aio88[cli] extra) a terminal gets the plain lines, and one line
+    on stderr saying how to get the live display (tests/test_cli_live.py tests it)."""
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich fails
     stream = FakeTerminal()
     printer = Printer(json_lines=False, quiet=False, stream=stream)
+    assert not printer.live
     tally = Tally(total=4, queued=1, running=1, done=1, failed=1, bytes=2_500_000)
     printer.progress(tally, force=True)
-    text = stream.getvalue()
-    assert text.startswith("\r[############............] 2/4")
-    assert "queued 1  running 1  done 1  failed 1  2.5 MB" in text
+    printer.progress(tally)
     printer.event("done", id="t1")
-    assert "\x1b[2K" in stream.getvalue()  # the line is cleared before results print
-    plain = io.StringIO()
-    Printer(json_lines=False, quiet=False, stream=plain).progress(tally, force=True)
-    assert plain.getvalue() == ""  # not a terminal: no bar
+    assert stream.getvalue() == "done       id=t1\n"
+    assert capsys.readouterr().err == "aio88: " + Printer.HINT + "\n"
+    Printer(json_lines=False, quiet=False, stream=io.StringIO()).progress(tally)
+    assert capsys.readouterr().err == ""  # not a terminal: no hint
 
 
 def test_load_jobs_accepts_extras_and_comments(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "_download": 2,
     "_watch": 2,
     "_stream": 2,
+    "_dashboard": 2,
     # resources: client.generations, client.videos
     "_resources": 3,
     # the facade

@@ -1,4 +1,5 @@
-"""``aio88 demo``: the whole job against an emulator in this process, with live progress."""
+"""``aio88 demo``: the whole job against an emulator in this process, with live progress
+(the panel of :mod:`._live` on a terminal)."""
 
 from __future__ import annotations
 
@@ -125,7 +126,6 @@ async def _watch_with_progress(
 
     def on_update(task: GenerationTask | Video) -> None:
         tally.update(task)
-        printer.progress(tally)
 
     async with client.watch(
         [],
@@ -136,23 +136,14 @@ async def _watch_with_progress(
         schedule=Schedule(),
     ) as outcomes:
         outcomes.add(tasks, fresh=fresh)
-        async with anyio.create_task_group() as tg:
-
-            async def redraw() -> None:
-                while True:
-                    printer.progress(tally, force=True)
-                    await anyio.sleep(0.25)
-
-            tg.start_soon(redraw)
-            async for outcome in outcomes:
-                results.append(outcome)
-                tally.finish(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
-                else:
-                    outcome_event(printer, outcome)
-                printer.progress(tally)
-            tg.cancel_scope.cancel()
+        printer.progress(tally)  # the live panel redraws on its own timer from here
+        async for outcome in outcomes:
+            results.append(outcome)
+            tally.finish(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            else:
+                outcome_event(printer, outcome)
     return results
 
 

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import anyio
 
-from .._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT
+from .._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT, RECONCILE_SETTLE
 from .._errors import Aio88Error, AuthenticationError, PermissionDeniedError
 from .._ledger import LedgerBusyError
 from .._version import __version__
@@ -126,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="create again the jobs whose create may have reached the server",
     )
     p.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="first look for each unconfirmed job's task in the dashboard's task list "
+        "(needs AIO88_DASHBOARD_TOKEN and AIO88_USER_ID): adopt it, or create the job if "
+        "there is none",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=RECONCILE_SETTLE,
+        metavar="S",
+        help="with --reconcile: a job sent less than S seconds ago with no task listed stays "
+        f"unconfirmed ({RECONCILE_SETTLE:g})",
+    )
+    p.add_argument(
         "--replace",
         action="store_true",
         help="accept edited job lines (same key) for jobs not sent yet",
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aio88`` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
-        # Its options are the emulator's own (python -m aio88.testing --help).
+        # Its options are the emulator's own (aio88 emulator --help).
         from ..testing.__main__ import main as emulator_main
 
         return emulator_main(argv[1:])
@@ -210,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except UsageError as exc:
         return Printer(json_lines="--json" in argv).error(str(exc), EXIT_USAGE)
-    printer = Printer(json_lines=args.json, quiet=args.quiet, verbose=args.verbose)
+    printer = Printer(
+        json_lines=args.json, quiet=args.quiet, verbose=args.verbose, title=f"aio88 {args.command}"
+    )
     if args.verbose:
         _log_to_stderr(logging.INFO if args.verbose == 1 else logging.DEBUG)
     try:
@@ -228,3 +245,5 @@ def main(argv: list[str] | None = None) -> int:
         return printer.error(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return printer.error("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
+    finally:
+        printer.close()  # the live panel, if any, unpinned on every way out

@@ -1,17 +1,29 @@
 """What the command prints, and how it ends: the progress tally, the printer of events
-and summaries, exit codes and the usage error."""
+and summaries, exit codes and the usage error.
+
+On a terminal, with ``rich`` installed (the ``aio88[cli]`` extra), the printer shows a
+live display (see :mod:`._live`); piped, with ``--json`` or ``--quiet``, or without
+``rich``, it prints plain lines.
+"""
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
+from . import _live
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Ctrl-C: the shell's code for SIGINT.
@@ -29,6 +41,8 @@ class Tally:
     total: int = 0
     queued: int = 0
     running: int = 0
+    downloading: int = 0
+    """Succeeded on the server, their video not saved yet."""
     done: int = 0
     failed: int = 0
     unconfirmed: int = 0
@@ -36,9 +50,15 @@ class Tally:
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     states: dict[str, Status] = field(default_factory=dict)
+    progress: dict[str, int | None] = field(default_factory=dict)
+    """Each unfinished task's percent done, as the server reports it (None: not reported)."""
+    since: dict[str, float] = field(default_factory=dict)
+    """When each unfinished task was first seen (``time.monotonic()``)."""
 
     def update(self, task: GenerationTask | Video) -> None:
-        """A task changed status."""
+        """A task changed status or progress."""
+        self.progress[task.id] = task.progress
+        self.since.setdefault(task.id, time.monotonic())
         previous = self.states.get(task.id)
         status = task.status
         if previous is status:
@@ -49,6 +69,8 @@ class Tally:
                 self.queued += delta
             elif state is Status.IN_PROGRESS:
                 self.running += delta
+            elif state is Status.SUCCEEDED:
+                self.downloading += delta
 
     def finish(self, outcome: Outcome) -> None:
         """A task reached its outcome: count it, and take it off the running counts."""
@@ -58,21 +80,76 @@ class Tally:
         else:
             self.failed += 1
         status = self.states.pop(outcome.id, None)
+        self.progress.pop(outcome.id, None)
+        self.since.pop(outcome.id, None)
         if status is Status.QUEUED:
             self.queued -= 1
         elif status is Status.IN_PROGRESS:
             self.running -= 1
+        elif status is Status.SUCCEEDED:
+            self.downloading -= 1
+
+    def slowest(self, count: int, now: float) -> list[tuple[str, str, int | None, float]]:
+        """The ``count`` tasks still queued or running on the server that look furthest
+        from done at ``now``: their id, state (``queued`` or ``running``), percent done
+        and when they were first seen. Furthest is the longest still to go at the pace
+        each has kept so far (its percent over its age); no progress yet counts as
+        furthest, the oldest first."""
+        # The live display reads this from its own thread while the event loop writes:
+        # copying a dict is one C call under the GIL, iterating a live one is not.
+        since, states, progress = dict(self.since), dict(self.states), dict(self.progress)
+
+        def to_go(item: tuple[str, float]) -> tuple[float, float]:
+            task_id, seen = item
+            percent = progress.get(task_id) or 0
+            age = max(now - seen, 1e-3)
+            return (-age * (100 - percent) / percent if percent else -float("inf"), seen)
+
+        pending = (item for item in since.items() if not states.get(item[0], Status.QUEUED).done)
+        return [
+            (
+                task_id,
+                "running" if states.get(task_id) is Status.IN_PROGRESS else "queued",
+                progress.get(task_id),
+                seen,
+            )
+            for task_id, seen in heapq.nsmallest(count, pending, key=to_go)
+        ]
+
+
+class Show(Protocol):
+    """What a one-task command tells its live line (nothing happens without one)."""
+
+    def task(self, task: GenerationTask | Video) -> None:
+        """The task's status or progress changed."""
+
+    def bytes(self, done: int, total: int | None) -> None:
+        """Bytes downloaded so far, of ``total``."""
+
+
+class _NoShow:
+    """The live line of plain output: none."""
+
+    def task(self, task: GenerationTask | Video) -> None:
+        pass
+
+    def bytes(self, done: int, total: int | None) -> None:
+        pass
 
 
 class Printer:
-    """Writes progress and results as a live line (terminal), plain lines, or JSON lines.
+    """Writes progress and results as a live display (terminal), plain lines, or JSON lines.
 
     Kinds of events, by how much the user asked to see: :meth:`problem` (a job failed,
     refused, unconfirmed, timed out, a file missing...) and :meth:`result` (what a
     one-task command exists to print) always; :meth:`event` (a batch's file saved) unless
     ``--quiet``; :meth:`detail` (each create, each resend) only with ``-v``. The summary
-    and fatal errors always.
+    and fatal errors always. While the live panel runs, it stands for the events: they
+    scroll above it only with ``-v``.
     """
+
+    #: Shown once on a terminal without ``rich``.
+    HINT = "install aio88[cli] for the live display (pip install 'aio88[cli]')"
 
     def __init__(
         self,
@@ -81,80 +158,109 @@ class Printer:
         quiet: bool = False,
         verbose: int = 0,
         stream: TextIO | None = None,
+        title: str = "aio88",
     ) -> None:
         self.stream = stream or sys.stdout
         self.json = json_lines
         self.quiet = quiet
         self.verbose = verbose
-        self.live = not json_lines and not quiet and self.stream.isatty()
-        self._last_draw = 0.0
+        self.title = title
+        wanted = not json_lines and not quiet and self.stream.isatty()
+        self.live = wanted and _live.available()
+        """Whether the live display is on (a terminal, rich installed, no --json or -q)."""
+        self._hint = wanted and not self.live
+        self._console: Console | None = None
+        self._board: _live.Board | None = None
+
+    @property
+    def console(self) -> Console:
+        """The rich console of the live display (only when :attr:`live`)."""
+        if self._console is None:
+            self._console = _live.make_console(self.stream)
+        return self._console
 
     def problem(self, name: str, /, **fields: Any) -> None:
         """Something the user must know about (shown even with ``--quiet``)."""
-        self._write(name, fields)
+        self._write(name, fields, "bold red")
 
     def result(self, name: str, /, **fields: Any) -> None:
         """The one result of a one-task command (its task, its file): always shown."""
-        self._write(name, fields)
+        self._write(name, fields, "bold")
 
     def event(self, name: str, /, **fields: Any) -> None:
-        """A result (not shown with ``--quiet``)."""
-        if not self.quiet:
-            self._write(name, fields)
+        """A result (not shown with ``--quiet``, nor under the live panel without ``-v``)."""
+        if not self.quiet and (self._board is None or self.verbose):
+            self._write(name, fields, "green")
 
     def detail(self, name: str, /, **fields: Any) -> None:
         """A step on the way (shown with ``-v`` only)."""
         if self.verbose:
-            self._write(name, fields)
+            self._write(name, fields, "dim")
 
-    def _write(self, name: str, fields: dict[str, Any]) -> None:
+    def _write(self, name: str, fields: dict[str, Any], style: str) -> None:
         if self.json:
             self._json({"event": name, **fields})
             return
-        self._clear()
         words = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        if self.live:
+            from rich.text import Text
+
+            line = Text(f"{name:<10}", style=style)
+            line.append(f" {words}")
+            # soft_wrap: a long path stays one line to copy, wrapped by the terminal.
+            self.console.print(line, soft_wrap=True)
+            return
         print(f"{name:<10} {words}", file=self.stream, flush=True)
 
     def note(self, message: str) -> None:
         """A line for the person at the terminal, on stderr (stdout stays for results)."""
-        self._clear()
+        # Under the live panel, stderr is rich's proxy: the line prints above the panel.
         print(f"aio88: {message}", file=sys.stderr, flush=True)
 
     def progress(self, tally: Tally, force: bool = False) -> None:
-        """Redraw the live line (a terminal only), at most ten times a second."""
-        now = time.monotonic()
-        if not self.live or (not force and now - self._last_draw < 0.1):
+        """Show ``tally`` live (a terminal only): the first call pins the panel, which
+        then redraws on its own timer; later calls change nothing (``force`` neither, it
+        stays for callers of the line this panel replaced)."""
+        if self._hint:
+            self._hint = False
+            self.note(self.HINT)
+        if self.live and self._board is None:
+            self._board = _live.Board(self.console, tally, self.title)
+            self._board.start()
+
+    @contextmanager
+    def activity(self, label: str, *, download: bool = False) -> Iterator[Show]:
+        """A one-task command's live line while it waits: a spinner with the task's
+        status and progress, or (``download``) a byte bar. Nothing in plain output."""
+        if self._hint:
+            self._hint = False
+            self.note(self.HINT)
+        if not self.live:
+            yield _NoShow()
             return
-        self._last_draw = now
-        width = 24
-        finished = tally.done + tally.failed + tally.unconfirmed
-        filled = width * finished // tally.total if tally.total else width
-        bar = "#" * filled + "." * (width - filled)
-        unconfirmed = f"  unconfirmed {tally.unconfirmed}" if tally.unconfirmed else ""
-        line = (
-            f"\r[{bar}] {finished}/{tally.total}  queued {tally.queued}  running {tally.running}"
-            f"  done {tally.done}  failed {tally.failed}{unconfirmed}"
-            f"  {tally.bytes / 1e6:.1f} MB  {now - tally.started:.0f}s"
-        )
-        print(line, end="", file=self.stream, flush=True)
+        with _live.Activity(self.console, label, download=download) as show:
+            yield show
+
+    def close(self) -> None:
+        """Unpin the live panel, leaving its last state on screen (done by the summary
+        and by errors; call it on any other way out)."""
+        board, self._board = self._board, None
+        if board is not None:
+            board.stop()
 
     def _json(self, record: dict[str, Any]) -> None:
         print(json.dumps(record, default=str), file=self.stream, flush=True)
 
-    def _clear(self) -> None:
-        if self.live:
-            print("\r\x1b[2K", end="", file=self.stream)
-
     def summary(self, **fields: Any) -> None:
         """The closing summary (also in quiet mode). Numbers stay numbers in JSON; for
-        people, counts get thousands separators and rates two decimals at most."""
-        self._clear()
+        people, counts get thousands separators and rates two decimals at most (a table
+        on the live display)."""
+        self.close()
         if self.json:
-            print(
-                json.dumps({"event": "summary", **fields}, default=str),
-                file=self.stream,
-                flush=True,
-            )
+            self._json({"event": "summary", **fields})
+            return
+        if self.live:
+            self.console.print(_live.summary_table(fields, _human))
             return
         print("", file=self.stream)
         for key, value in fields.items():
@@ -165,7 +271,7 @@ class Printer:
         """A fatal error: one line on stderr, and in JSON mode an ``error`` event on
         stdout too (a pipeline reading JSON lines sees why the command ended). Returns
         ``code``, the exit code."""
-        self._clear()
+        self.close()
         print(f"aio88: error: {message}", file=sys.stderr)
         if self.json:
             self._json({"event": "error", "message": message, "exit_code": code})

@@ -25,6 +25,7 @@ from ._creates import Creates
 from ._interrupt import Interrupt
 from ._jobs import load_jobs
 from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, UsageError, error_text, outcome_event
+from ._reconcile import dashboard_credentials, reconcile
 
 #: The states --status lists job by job (the others are counted): what needs a decision.
 _LOOSE_ENDS = ("failed", "rejected", "unconfirmed", "download_failed")
@@ -46,6 +47,13 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
     jobs = load_jobs(Path(args.jobs))
     out = writable_folder(Path(args.out))
     client = api_client(rate_limit=args.rate_limit)  # no key: refused before anything is sent
+    reconciling = getattr(args, "reconcile", False)
+    if reconciling and args.resend_unconfirmed:
+        raise UsageError(
+            "--reconcile and --resend-unconfirmed do not go together: reconcile first, then "
+            "resend what stays unconfirmed if you choose to"
+        )
+    credentials = dashboard_credentials() if reconciling else None  # before anything is sent
     ledger = Ledger(out)
     try:
         _check_edits(ledger, jobs, replace=args.replace)
@@ -61,6 +69,10 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
         if args.resend_unconfirmed:
             for job in ledger.jobs("unconfirmed"):
                 ledger.set_state(job.key, "pending")
+        if credentials is not None:
+            # Before any create or poll: an adopted task is then polled like any other,
+            # and a job found not created is created like any pending one.
+            await reconcile(ledger, client.base_url, credentials, printer, settle=args.settle)
         for job, problem in await _check_files(ledger):
             # Fetched again through the task (no create): a changed file is kept aside.
             if problem == "changed" and job.path is not None:
@@ -72,8 +84,11 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
                 "unconfirmed",
                 key=job.key,
                 line=job.line,
-                error="its create may have reached the server; check the 88API console, then "
-                "rerun with --resend-unconfirmed to create it again",
+                error=job.error
+                if reconciling and job.error
+                else "its create may have reached the server; check the 88API console (or "
+                "rerun with --reconcile), then rerun with --resend-unconfirmed to create it "
+                "again",
             )
         async with client:
             return await _run_jobs(client, ledger, out, args, printer)
@@ -105,6 +120,7 @@ async def _run_jobs(
     to_create = list(ledger.jobs("pending"))
     to_watch = list(ledger.jobs("submitted", "download_failed"))
     tally = Tally(total=len(to_create) + len(to_watch))
+    printer.progress(tally)  # on a terminal, the live panel from the first create on
     videos = out / "videos"
     results: list[Outcome] = []
 

@@ -1,4 +1,5 @@
-"""The one-task commands: ``create``, ``status``, ``wait`` and ``download``."""
+"""The one-task commands: ``create``, ``status``, ``wait`` and ``download`` (the last two
+with a spinner or a byte bar on a terminal)."""
 
 from __future__ import annotations
 
@@ -59,10 +60,14 @@ async def status(args: argparse.Namespace, printer: Printer) -> int:
 async def wait(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 wait ID``: wait for a task; optionally download it."""
     async with api_client() as client:
-        async with client.watch([args.id], kind=args.kind, timeout=args.timeout) as outcomes:
-            [outcome] = [o async for o in outcomes]
+        with printer.activity(args.id) as show:
+            async with client.watch(
+                [args.id], kind=args.kind, timeout=args.timeout, on_update=show.task
+            ) as outcomes:
+                [outcome] = [o async for o in outcomes]
         if outcome.ok and args.download and outcome.task is not None:
-            path = await client.download(outcome.task, args.download)
+            with printer.activity(f"{args.id} downloading", download=True) as show:
+                path = await client.download(outcome.task, args.download, on_progress=show.bytes)
             outcome = Outcome(outcome.id, outcome.kind, outcome.task, None, path)
     fields: dict[str, Any] = (
         _task_fields(outcome.task) if outcome.task is not None else {"id": outcome.id}
@@ -76,10 +81,15 @@ async def wait(args: argparse.Namespace, printer: Printer) -> int:
 async def download(args: argparse.Namespace, printer: Printer) -> int:
     """``aio88 download ID DEST``: save a finished video."""
     async with api_client() as client:
-        if args.kind == "generation":
-            task = await client.generations.retrieve(args.id)
-            path = await client.download(task, args.dest, overwrite=args.overwrite)
-        else:
-            path = await client.videos.download(args.id, args.dest, overwrite=args.overwrite)
+        with printer.activity(f"{args.id} downloading", download=True) as show:
+            if args.kind == "generation":
+                task = await client.generations.retrieve(args.id)
+                path = await client.download(
+                    task, args.dest, overwrite=args.overwrite, on_progress=show.bytes
+                )
+            else:
+                path = await client.videos.download(
+                    args.id, args.dest, overwrite=args.overwrite, on_progress=show.bytes
+                )
     printer.result("downloaded", id=args.id, path=path, bytes=size_of(path))
     return EXIT_OK

@@ -11,7 +11,7 @@
 
 With pytest, the ``aio88_emulator`` and ``aio88_client`` fixtures are ready to use (the
 plugin registers itself when aio88 is installed). Start one by hand with
-``python -m aio88.testing --port 8088 --dialect newapi``.
+``aio88 emulator --port 8088 --dialect newapi`` (or ``python -m aio88.testing ...``).
 """
 
 from ._clock import ManualClock
@@ -19,12 +19,14 @@ from ._emulator import Emulator
 from ._faults import FaultKind, Faults
 from ._lifecycle import EmulatedTask
 from ._requests import LoggedRequest
+from ._stats import EmulatorStats
 from ._wire import Dialect
 
 __all__ = [
     "Dialect",
     "EmulatedTask",
     "Emulator",
+    "EmulatorStats",
     "FaultKind",
     "Faults",
     "LoggedRequest",

@@ -20,9 +20,11 @@ from aiohttp import web
 
 from . import _wire as wire
 from ._content import ConnectionCut, Content, drop, etag_for, send_content, send_truncated
+from ._dashboard import DASHBOARD_PREFIX, TASK_LIST_PATH, dashboard_refusal, task_item, task_list
 from ._faults import FaultKind, FaultPicker, Faults, ScriptedFault
 from ._lifecycle import EmulatedTask, Kind, TaskMaker
 from ._requests import CreateRequest, LoggedRequest, authorized, log_entry, read_create
+from ._stats import STATS_PATH, Counters, EmulatorStats
 from ._wire import Answer, Dialect, Moment
 
 __all__ = ["Emulator"]
@@ -81,6 +83,11 @@ class Emulator:
             retrieval (a server poll hint); ``None`` sends none, as 88API does.
         any_id: Answer an unknown id as a finished task (made on the spot) instead of
             "not found": for load tests that poll ids they never created.
+        dashboard_token: The dashboard access token the dashboard API
+            (``GET /api/task/self``) accepts, never the API key (nor the key there).
+        user_id: The dashboard user every task belongs to (``New-Api-User``).
+        on_answer: Called with each request's :class:`LoggedRequest` once it is answered
+            (or dropped), on the emulator's loop: ``aio88 emulator --log`` prints them.
     """
 
     def __init__(
@@ -102,6 +109,9 @@ class Emulator:
         expires_in: float = 24 * 3600.0,
         poll_after_ms: int | None = None,
         any_id: bool = False,
+        dashboard_token: str = "dash-test",  # noqa: S107 - a test double's fixed token
+        user_id: int = 1,
+        on_answer: Callable[[LoggedRequest], None] | None = None,
     ) -> None:
         if dialect not in ("docs", "newapi"):
             raise ValueError(f"dialect must be 'docs' or 'newapi', got {dialect!r}")
@@ -123,6 +133,10 @@ class Emulator:
         self.expires_in = expires_in
         self.poll_after_ms = poll_after_ms
         self.any_id = any_id
+        self.dashboard_token = dashboard_token
+        self.user_id = user_id
+        self.on_answer = on_answer
+        """Called with each request's log entry once it is answered (or dropped)."""
         self._content = Content(content, content_size, seed)
 
         self.tasks: dict[str, EmulatedTask] = {}
@@ -143,6 +157,8 @@ class Emulator:
         self._faults = FaultPicker(seed)
         self._request_ids = itertools.count(1)
         self._runners: list[web.AppRunner] = []
+        self._counters = Counters()
+        self._started = time.monotonic()
         # Unix time = epoch + clock(): a manual clock starting at 0 still dates tasks today.
         self._epoch = time.time() - self.clock()
         self.base_url = ""
@@ -167,6 +183,8 @@ class Emulator:
     async def start(self) -> None:
         """Bind both origins and start serving."""
         api = web.Application(middlewares=[self._api_middleware], client_max_size=64 * 2**20)
+        api.router.add_get(STATS_PATH, self._stats_route)
+        api.router.add_get(TASK_LIST_PATH, self._task_list)
         api.router.add_post("/v1/video/generations", self._create_generation)
         api.router.add_get("/v1/video/generations/{id}", self._get_generation)
         api.router.add_post("/v1/videos", self._create_video)
@@ -175,6 +193,7 @@ class Emulator:
         api.router.add_get("/v1/videos/{id}/content", self._content_route)  # GET also answers HEAD
         media = web.Application(middlewares=[self._media_middleware])
         media.router.add_get("/media/{id}.mp4", self._media)
+        self._started = time.monotonic()
         self.base_url = await self._serve(api, self.port)
         self.media_url = await self._serve(media, 0)
 
@@ -276,6 +295,21 @@ class Emulator:
         self.requests.clear()
         self.max_in_flight = self.in_flight
 
+    def stats(self) -> EmulatorStats:
+        """The counts since it started: creates, polls, content, faults, tasks by state
+        (what ``GET /__emulator/stats`` serves as JSON)."""
+        now = self.clock()
+        return self._counters.snapshot(
+            dialect=self.dialect,
+            uptime=time.monotonic() - self._started,
+            phases=[task.phase(now)[0] for task in self.tasks.values()],
+            in_flight=self.in_flight,
+            max_in_flight=self.max_in_flight,
+        )
+
+    async def _stats_route(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats().as_dict())
+
     def now_unix(self) -> int:
         """The emulator's current time as a Unix timestamp."""
         return int(self._epoch + self.clock())
@@ -331,10 +365,21 @@ class Emulator:
         self.requests.append(entry)
         return entry
 
+    def _answered(self, entry: LoggedRequest) -> None:
+        """A request is answered (or dropped): time it, count it, report it."""
+        entry.elapsed = time.monotonic() - entry.at
+        self._counters.record(entry)
+        if self.on_answer is not None:
+            self.on_answer(entry)
+
     @web.middleware
     async def _api_middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            # The emulator's own route: not the API, so no key, no fault, no log entry.
+            own: web.StreamResponse = await handler(request)
+            return own
         entry = self._log(request, "api")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -358,7 +403,13 @@ class Emulator:
                         self.dialect, video_route=video_route, retry_after=retry_after
                     )
                 )
-            elif not authorized(request, self.api_key):
+            elif request.path.startswith(DASHBOARD_PREFIX) and (
+                refusal := dashboard_refusal(request.headers, self.dashboard_token, self.user_id)
+            ):  # the dashboard's user auth, not the key
+                response = _respond(refusal)
+            elif not request.path.startswith(DASHBOARD_PREFIX) and not authorized(
+                request, self.api_key
+            ):
                 response = _respond(
                     wire.unauthorized(self.dialect, video_route=video_route, request_id=request_id)
                 )
@@ -385,8 +436,12 @@ class Emulator:
             # while its request waited): tell aiohttp there is nothing to send.
             entry.status = 0
             raise web.HTTPException() from None
+        except web.HTTPException as exc:  # aiohttp's own answer: no route, wrong method
+            entry.status = exc.status
+            raise
         finally:
             self.in_flight -= 1
+            self._answered(entry)
 
     async def _hold(self) -> None:
         """Wait ``faults.latency`` seconds, re-reading it as it goes: lowering it lets the
@@ -404,12 +459,21 @@ class Emulator:
         if "Authorization" in request.headers:
             # What a signed storage URL does with a second credential.
             entry.status = 400
+            self._answered(entry)
             return web.Response(status=400, text=wire.MEDIA_TWO_CREDENTIALS)
+        # The handler names the fault it picked here (same task, same context).
+        _current_fault.set(None)
         try:
             response: web.StreamResponse = await handler(request)
+            entry.status = response.status
         except ConnectionCut:
             raise web.HTTPException() from None
-        entry.status = response.status
+        except web.HTTPException as exc:  # aiohttp's own answer: no route, wrong method
+            entry.status = exc.status
+            raise
+        finally:
+            entry.fault = _current_fault.get()
+            self._answered(entry)
         return response
 
     async def _read_create(self, request: web.Request) -> CreateRequest | web.Response:
@@ -485,6 +549,26 @@ class Emulator:
         task.remixed_from = origin.id
         return self._create_answer(task)
 
+    async def _task_list(self, request: web.Request) -> web.Response:
+        """The dashboard's list of the user's tasks (see :mod:`._dashboard`)."""
+        now = self.clock()
+        items = []
+        for task in self.tasks.values():
+            phase, progress = task.phase(now)
+            end = task.finished_at()
+            items.append(
+                task_item(
+                    self.dialect,
+                    task,
+                    user_id=self.user_id,
+                    phase=phase,
+                    progress=progress,
+                    submitted=int(self._epoch + task.created),
+                    finished=int(self._epoch + (end if end is not None else now)),
+                )
+            )
+        return _respond(task_list(items, request.query))
+
     def _lookup(self, request: web.Request) -> EmulatedTask | None:
         """The task the path names; with ``any_id``, a finished one made on the spot."""
         task_id = request.match_info["id"]
@@ -551,10 +635,11 @@ class Emulator:
         if request.method == "GET":
             if task_id in self._cut_media:  # a truncate fault on the /content redirect
                 self._cut_media.discard(task_id)
-                fault = "truncate"
+                fault = "truncate"  # logged (and counted) on the redirect
             else:
                 # The media origin has no fault middleware; it takes its share here.
                 fault, _ = self._faults.pick(request.method, request.path, self.faults)
+                _current_fault.set(fault)
         return await self._send_content(request, truncate=fault == "truncate")
 
     async def _send_content(self, request: web.Request, *, truncate: bool) -> web.StreamResponse:

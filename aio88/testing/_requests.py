@@ -34,6 +34,9 @@ class LoggedRequest:
     """The status answered; 0 while in flight or when the connection was dropped."""
     fault: str | None = None
     """The injected fault, if one was applied."""
+    elapsed: float | None = None
+    """Seconds from arrival to answer (to the end of a streamed body); ``None`` while in
+    flight."""
 
     @property
     def authorization(self) -> str | None:
