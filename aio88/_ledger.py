@@ -25,12 +25,34 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ._models import Kind
 
-__all__ = ["Job", "Ledger", "LedgerBusyError"]
+__all__ = ["Job", "JobState", "Ledger", "LedgerBusyError"]
+
+
+class JobState(str, Enum):  # StrEnum needs Python 3.11; aio88 runs on 3.10
+    """Where a job stands (the diagram above). A ``str``: the ledger stores its value."""
+
+    PENDING = "pending"
+    """Not created; safe to send (again)."""
+    SUBMITTING = "submitting"
+    """Its create is being sent: committed before the first byte."""
+    SUBMITTED = "submitted"
+    """Created: its task id is known; polled until it finishes."""
+    DOWNLOADED = "downloaded"
+    """Its video is saved, size and SHA-256 recorded."""
+    DOWNLOAD_FAILED = "download_failed"
+    """The task succeeded, the download did not (a rerun fetches it again)."""
+    FAILED = "failed"
+    """The server said the task failed."""
+    REJECTED = "rejected"
+    """The API refused the create (nothing billed)."""
+    UNCONFIRMED = "unconfirmed"
+    """The create was sent and its answer lost: it may exist and be billed."""
 
 
 _SCHEMA = """
@@ -205,7 +227,7 @@ class Ledger:
     def set_state(
         self,
         key: str,
-        state: str,
+        state: JobState | str,
         *,
         task_id: str | None = None,
         error: str | None = None,
@@ -220,15 +242,16 @@ class Ledger:
         last; together they bound when a task its create made can have been stored
         (``aio88 run --reconcile`` looks for it in that window).
         """
+        state = JobState(state)  # a misspelt state fails here, not in a later run's query
         now = time.time()
-        sending = now if state == "submitting" else None
+        sending = now if state is JobState.SUBMITTING else None
         self._db.execute(
             "UPDATE jobs SET state = ?, task_id = COALESCE(?, task_id), error = ?, "
             "path = COALESCE(?, path), size = COALESCE(?, size), "
             "sha256 = COALESCE(?, sha256), updated_at = ?, "
             "sending_since = COALESCE(sending_since, ?), "
             "sending_last = COALESCE(?, sending_last) WHERE key = ?",
-            (state, task_id, error, path, size, sha256, now, sending, sending, key),
+            (state.value, task_id, error, path, size, sha256, now, sending, sending, key),
         )
 
     def task_ids(self) -> set[str]:
