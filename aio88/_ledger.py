@@ -197,7 +197,12 @@ class Ledger:
         return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def jobs(self, *states: str) -> Iterator[Job]:
-        """The jobs in any of ``states`` (all jobs when none given), in file order."""
+        """The jobs in any of ``states`` (all jobs when none given), in file order.
+
+        Raises:
+            ValueError: A state that does not exist (a typo would silently find nothing).
+        """
+        states = tuple(JobState(state).value for state in states)
         query = (
             "SELECT key, line, kind, request, state, task_id, error, path, size, sha256, "
             "sending_since, sending_last FROM jobs"

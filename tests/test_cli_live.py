@@ -68,9 +68,10 @@ def test_panel_shows_bar_rate_eta_counts_bytes_and_the_slowest_tasks() -> None:
     assert "queued 2   running 2   downloading 1   done 1,200   failed 34" in text
     assert "unconfirmed" not in text  # shown only when there are some
     rows = [line for line in text.splitlines() if "task_" in line]
-    # Furthest from done first: no progress (oldest first), then the slowest pace.
-    assert [row.split()[1] for row in rows] == ["task_old", "task_new", "task_slow", "task_fast"]
-    assert "10%" in rows[2] and "0:20" in rows[2] and "running" in rows[2]
+    # Furthest from done first: the slowest pace among those reporting progress, then
+    # those whose server reports none (oldest first), which would otherwise hide them.
+    assert [row.split()[1] for row in rows] == ["task_slow", "task_fast", "task_old", "task_new"]
+    assert "10%" in rows[0] and "0:20" in rows[0] and "running" in rows[0]
     assert "task_ok" not in text  # succeeded: counted as downloading, not listed
     final = render(tally, now, final=True)
     assert "task_" not in final and "1,234/2,000" in final
@@ -183,7 +184,8 @@ def test_demo_in_a_terminal_shows_the_panel_and_piped_stays_plain(tmp_path: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIO88_")}
     env.update(TERM="xterm-256color", COLUMNS="100", LINES="40")
     env.pop("NO_COLOR", None)
-    args = ["demo", "--tasks", "20", "--duration", "0.5", "1", "--out", str(tmp_path / "a")]
+    # Tasks of 2-3 s: redraws land while they run, also on a loaded machine.
+    args = ["demo", "--tasks", "20", "--duration", "2", "3", "--out", str(tmp_path / "a")]
     code, raw = capture_in_pty(args, env)
     assert code == 0, raw
     assert "\x1b[" in raw  # drawn, in colour

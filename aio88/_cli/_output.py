@@ -8,8 +8,10 @@ live display (see :mod:`._live`); piped, with ``--json`` or ``--quiet``, or with
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -93,17 +95,20 @@ class Tally:
         """The ``count`` tasks still queued or running on the server that look furthest
         from done at ``now``: their id, state (``queued`` or ``running``), percent done
         and when they were first seen. Furthest is the longest still to go at the pace
-        each has kept so far (its percent over its age); no progress yet counts as
-        furthest, the oldest first."""
+        each has kept so far (its percent over its age; stuck at 0 % first); tasks whose
+        server reports no progress at all come after those, the oldest first (else they
+        would hide every real laggard on a server that never reports it)."""
         # The live display reads this from its own thread while the event loop writes:
         # copying a dict is one C call under the GIL, iterating a live one is not.
         since, states, progress = dict(self.since), dict(self.states), dict(self.progress)
 
-        def to_go(item: tuple[str, float]) -> tuple[float, float]:
+        def to_go(item: tuple[str, float]) -> tuple[int, float, float]:
             task_id, seen = item
-            percent = progress.get(task_id) or 0
+            percent = progress.get(task_id)
+            if percent is None:
+                return (1, 0.0, seen)
             age = max(now - seen, 1e-3)
-            return (-age * (100 - percent) / percent if percent else -float("inf"), seen)
+            return (0, -age * (100 - percent) / percent if percent else -float("inf"), seen)
 
         pending = (item for item in since.items() if not states.get(item[0], Status.QUEUED).done)
         return [
@@ -161,6 +166,7 @@ class Printer:
         title: str = "aio88",
     ) -> None:
         self.stream = stream or sys.stdout
+        self._reader_gone = False
         self.json = json_lines
         self.quiet = quiet
         self.verbose = verbose
@@ -210,7 +216,21 @@ class Printer:
             # soft_wrap: a long path stays one line to copy, wrapped by the terminal.
             self.console.print(line, soft_wrap=True)
             return
-        print(f"{name:<10} {words}", file=self.stream, flush=True)
+        self._out(f"{name:<10} {words}")
+
+    def _out(self, text: str) -> None:
+        """One line on stdout. A reader that left (``| head``) does not stop the command:
+        a batch goes on (its results are in the ledger), its output goes nowhere."""
+        if self._reader_gone:
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except (BrokenPipeError, ValueError):  # ValueError: stdout closed under us
+            self._reader_gone = True
+            with contextlib.suppress(OSError, ValueError):
+                # So that the interpreter's own flush at exit cannot fail either.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            self.note("stdout was closed; carrying on without printing results")
 
     def note(self, message: str) -> None:
         """A line for the person at the terminal, on stderr (stdout stays for results)."""
@@ -249,7 +269,7 @@ class Printer:
             board.stop()
 
     def _json(self, record: dict[str, Any]) -> None:
-        print(json.dumps(record, default=str), file=self.stream, flush=True)
+        self._out(json.dumps(record, default=str))
 
     def summary(self, **fields: Any) -> None:
         """The closing summary (also in quiet mode). Numbers stay numbers in JSON; for
@@ -262,10 +282,9 @@ class Printer:
         if self.live:
             self.console.print(_live.summary_table(fields, _human))
             return
-        print("", file=self.stream)
+        self._out("")
         for key, value in fields.items():
-            print(f"  {key.replace('_', ' '):<18} {_human(value)}", file=self.stream)
-        self.stream.flush()
+            self._out(f"  {key.replace('_', ' '):<18} {_human(value)}")
 
     def error(self, message: str, code: int) -> int:
         """A fatal error: one line on stderr, and in JSON mode an ``error`` event on

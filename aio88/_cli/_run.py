@@ -248,8 +248,9 @@ def _what_next(printer: Printer, counts: Counter[str], timed_out: int, timeout: 
     if counts["unconfirmed"]:
         printer.note(
             f"{counts['unconfirmed']} job(s) unconfirmed: the create was sent and its answer "
-            "never came, so the task may exist and be billed. Check the 88API console; "
-            "--resend-unconfirmed creates them again (paying twice for any that exist)"
+            "never came, so the task may exist and be billed. Rerun with --reconcile to look "
+            "for them in your task list (AIO88_DASHBOARD_TOKEN, AIO88_USER_ID); "
+            "--resend-unconfirmed creates them again blindly (paying twice for any that exist)"
         )
     if counts["rejected"]:
         printer.note(

@@ -106,7 +106,19 @@ def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
         "--port", type=_port, default=8088, help="API port; 0 picks a free one (default 8088)"
     )
     parser.add_argument("--dialect", choices=["docs", "newapi"], default="docs")
-    parser.add_argument("--api-key", default="sk-test", help="the key it accepts (default sk-test)")
+    parser.add_argument(
+        "--api-key", type=_token, default="sk-test", help="the key it accepts (default sk-test)"
+    )
+    parser.add_argument(
+        "--dashboard-token",
+        type=_token,
+        default="dash-test",
+        help="the dashboard access token its task list accepts, for `aio88 run --reconcile` "
+        "(default dash-test)",
+    )
+    parser.add_argument(
+        "--user-id", type=_user_id, default=1, help="the dashboard user id (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--duration",
@@ -171,7 +183,9 @@ class Output:
         stats_url = f"{emulator.base_url}{STATS_PATH}"
         export = (
             f"export AIO88_BASE_URL={emulator.base_url} "
-            f"AIO88_API_KEY={shlex.quote(emulator.api_key)}"
+            f"AIO88_API_KEY={shlex.quote(emulator.api_key)} "
+            f"AIO88_DASHBOARD_TOKEN={shlex.quote(emulator.dashboard_token)} "
+            f"AIO88_USER_ID={emulator.user_id}"
         )
         if self.json:
             self._json(
@@ -179,6 +193,8 @@ class Output:
                 dialect=emulator.dialect,
                 base_url=emulator.base_url,
                 api_key=emulator.api_key,
+                dashboard_token=emulator.dashboard_token,
+                user_id=emulator.user_id,
                 media_url=emulator.media_url,
                 stats_url=stats_url,
             )
@@ -225,14 +241,27 @@ class Output:
         try:
             # Flushed at once: a log is read live, and by tests waiting for a line.
             print(text, file=self.stream, flush=True)
-        except BrokenPipeError:
-            # The reader left: point stdout at nothing (so the exit flush cannot fail too)
-            # and stop, as a command piped into `head` does.
+        except (BrokenPipeError, ValueError, OSError):
+            # The reader left (or stdout was closed under us: ValueError): point stdout at
+            # nothing (so the exit flush cannot fail too) and stop, as a command piped into
+            # `head` does.
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
             closed, self.on_closed = self.on_closed, None
             if closed is not None:
                 closed()
+
+
+def _token(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _user_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 def _bind_error(exc: OSError, host: str, port: int) -> str:
@@ -269,6 +298,8 @@ async def serve(args: argparse.Namespace, output: Output) -> None:
     )
     emulator = Emulator(
         api_key=args.api_key,
+        dashboard_token=args.dashboard_token,
+        user_id=args.user_id,
         dialect=args.dialect,
         host=args.host,
         port=args.port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -26,6 +27,8 @@ from ._lifecycle import EmulatedTask, Kind, TaskMaker
 from ._requests import CreateRequest, LoggedRequest, authorized, log_entry, read_create
 from ._stats import STATS_PATH, Counters, EmulatorStats
 from ._wire import Answer, Dialect, Moment
+
+log = logging.getLogger("aio88.testing")
 
 __all__ = ["Emulator"]
 
@@ -204,6 +207,8 @@ class Emulator:
         await site.start()
         self._runners.append(runner)
         host, bound_port = runner.addresses[0][:2]
+        if ":" in host:  # an IPv6 address goes in brackets in a URL
+            host = f"[{host}]"
         return f"http://{host}:{bound_port}"
 
     async def aclose(self) -> None:
@@ -370,7 +375,13 @@ class Emulator:
         entry.elapsed = time.monotonic() - entry.at
         self._counters.record(entry)
         if self.on_answer is not None:
-            self.on_answer(entry)
+            try:
+                self.on_answer(entry)
+            except Exception:
+                # A broken observer must not break the answer it observes: said once,
+                # and not called again.
+                log.exception("Emulator(on_answer=...) failed; it is not called any more")
+                self.on_answer = None
 
     @web.middleware
     async def _api_middleware(
