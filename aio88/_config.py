@@ -83,14 +83,16 @@ INTERRUPT_GRACE = 5.0
 ENV_DASHBOARD_TOKEN = "AIO88_DASHBOARD_TOKEN"  # noqa: S105 - a variable name, no secret
 #: The dashboard user id sent with it as ``New-Api-User``.
 ENV_USER_ID = "AIO88_USER_ID"
-#: Seconds after a create was last sent during which its task may still be missing from
-#: the dashboard's list (new-api stores a task once its vendor has taken it): a job sent
-#: more recently, with no task found, stays ``unconfirmed`` rather than be created again.
+#: Seconds after a create's deadline (its last send plus ``api_deadline``) during which
+#: its task may still be missing from the dashboard's list (new-api stores a task once its
+#: vendor has taken it): until then a job with no task found stays ``unconfirmed`` rather
+#: than be created again, and a task stored until then can be its own.
 RECONCILE_SETTLE = 120.0
-#: Seconds by which the client's and the server's clocks may disagree: the widening of
-#: each job's sending window (a wider window can only find more candidates).
+#: Seconds by which the client's and the server's clocks may disagree once the server's is
+#: measured (from the ``Date`` header): the widening of each job's windows. A server
+#: whose clock is off by more, or unmeasured, never sends a job back to ``pending``.
 RECONCILE_CLOCK_SKEW = 60.0
-#: Tasks asked for per page of the dashboard's task list.
+#: Tasks asked for per page of the dashboard's task list (new-api serves 100 at most).
 RECONCILE_PAGE_SIZE = 100
 #: Pages read at most (a bound on a list that keeps growing while it is read).
 RECONCILE_MAX_PAGES = 200

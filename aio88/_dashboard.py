@@ -20,9 +20,11 @@ the vendor's answer kept it. What an item lacks, it cannot be told apart by.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -34,6 +36,8 @@ __all__ = [
     "TASK_LIST_PATH",
     "DashboardRefusedError",
     "DashboardTask",
+    "Listing",
+    "Page",
     "dashboard_transport",
     "decode_item",
     "decode_page",
@@ -45,7 +49,13 @@ TASK_LIST_PATH = "/api/task/self"
 
 
 class DashboardRefusedError(Aio88Error):
-    """The dashboard answered ``success: false`` (a token or user id it does not take)."""
+    """The dashboard answered ``success: false``: a token or user id it does not take, or
+    a query it does not accept (its ``message`` says which)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"the dashboard answered success: false: {message}")
+        self.server_message = message
+        """The server's own ``message``."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,23 @@ def decode_item(item: Mapping[str, Any]) -> DashboardTask | None:
     )
 
 
-def decode_page(body: bytes) -> tuple[list[DashboardTask], int | None, int | None]:
-    """A page's tasks, the list's ``total`` and the page size the server used.
+class Page(NamedTuple):
+    """One page of the dashboard's task list."""
+
+    tasks: list[DashboardTask]
+    """Its items that carry a task id."""
+    total: int | None
+    """The list's ``total``, as this page counts it."""
+    size: int | None
+    """The page size the server used."""
+    raw: int
+    """How many items it held, with or without a task id: what says it is the last."""
+    page: int | None
+    """The page number the server says it answered."""
+
+
+def decode_page(body: bytes) -> Page:
+    """A page of the task list.
 
     Raises:
         DashboardRefusedError: ``success: false``.
@@ -127,8 +152,7 @@ def decode_page(body: bytes) -> tuple[list[DashboardTask], int | None, int | Non
     if not isinstance(answer, dict):
         raise Aio88Error("the dashboard's task list is not a JSON object")
     if answer.get("success") is not True:
-        message = _text(answer.get("message")) or "no reason given"
-        raise DashboardRefusedError(f"the dashboard refused the request: {message}")
+        raise DashboardRefusedError(_text(answer.get("message")) or "no reason given")
     data = answer.get("data")
     if not isinstance(data, dict):
         raise Aio88Error("the dashboard's task list has no data object")
@@ -136,13 +160,18 @@ def decode_page(body: bytes) -> tuple[list[DashboardTask], int | None, int | Non
     if not isinstance(items, list):
         raise Aio88Error("the dashboard's task list has no items array")
     tasks = [t for t in (decode_item(i) for i in items if isinstance(i, dict)) if t is not None]
-    total = data.get("total")
-    size = data.get("page_size")
-    return (
+    total, size, page = data.get("total"), data.get("page_size"), data.get("page")
+    return Page(
         tasks,
-        total if isinstance(total, int) else None,
-        size if isinstance(size, int) and size > 0 else None,
+        _integer(total),
+        size if (size := _integer(size)) is not None and size > 0 else None,
+        len(items),
+        _integer(page),
     )
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def dashboard_transport(base_url: str, token: str, user_id: str) -> Transport:
@@ -151,7 +180,8 @@ def dashboard_transport(base_url: str, token: str, user_id: str) -> Transport:
     Raises:
         ValueError: The token or user id could not be sent in a header.
     """
-    if not user_id.isdigit():
+    # str.isdigit() takes other scripts' digits too, which no header can carry as the id.
+    if not (user_id.isascii() and user_id.isdigit()):
         raise ValueError("the dashboard user id must be a number (the id on its profile page)")
     if any(char in token for char in ("\r", "\n", "\0", " ")):
         # Said without the token: it is a secret, and stays out of every message.
@@ -170,6 +200,37 @@ def dashboard_transport(base_url: str, token: str, user_id: str) -> Transport:
     )
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The tasks the dashboard listed, and how far to trust the listing."""
+
+    tasks: list[DashboardTask]
+    complete: bool
+    """Every page was read to a last one the server marked as such. When not, a task may
+    be missing: nothing may be concluded from one's absence."""
+    why_incomplete: str = ""
+    clock_offset: float | None = None
+    """The server's clock minus ours, in seconds, from its ``Date`` header (``None``: it
+    sent none)."""
+    clock_error: float = 0.0
+    """How far ``clock_offset`` may be off (the header's 1 s step, the round trip)."""
+
+
+def server_clock(date: str | None, sent: float, received: float) -> tuple[float, float] | None:
+    """The server's clock minus ours from its ``Date`` header, and the error bound, for an
+    answer to a request sent at ``sent`` and answered at ``received`` (our Unix times)."""
+    if not date:
+        return None
+    try:
+        when = parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    # The header truncates to the second: the server's time was in [when, when + 1), at
+    # some moment between our send and our receipt.
+    middle = (sent + received) / 2
+    return when + 0.5 - middle, 0.5 + (received - sent) / 2
+
+
 async def list_tasks(
     transport: Transport,
     *,
@@ -177,17 +238,28 @@ async def list_tasks(
     end: int,
     page_size: int = RECONCILE_PAGE_SIZE,
     max_pages: int = RECONCILE_MAX_PAGES,
-) -> list[DashboardTask]:
-    """Every task the user submitted from ``start`` to ``end`` (Unix seconds), all pages.
+) -> Listing:
+    """Every task the user submitted from ``start`` to ``end`` (Unix seconds, the
+    server's), all pages, and the server's clock as its first answer tells.
 
-    A task that moves from one page to the next while the list grows is kept once.
+    A task that moves from one page to the next while the list grows is kept once. The
+    listing is incomplete when a server does not page as asked (it answers another page
+    than the one asked for, or a page with no id not seen already) or ends with fewer
+    tasks than its ``total``.
 
     Raises:
-        DashboardRefusedError: The credentials were refused (``success: false``).
+        DashboardRefusedError: The server answered ``success: false``.
         APIStatusError: The dashboard answered 4xx/5xx (a 401: the token refused).
         Aio88Error: An answer that is not the task list, or more than ``max_pages`` pages.
     """
     found: dict[str, DashboardTask] = {}
+    idless = 0  # items without a task id: counted in "total", never in "found"
+    clock: tuple[float, float] | None = None
+
+    def listing(why: str = "") -> Listing:
+        offset, error = clock if clock is not None else (None, 0.0)
+        return Listing(list(found.values()), not why, why, offset, error)
+
     for page in range(1, max_pages + 1):
         params = {
             "p": str(page),
@@ -195,16 +267,31 @@ async def list_tasks(
             "start_timestamp": str(start),
             "end_timestamp": str(end),
         }
+        sent = time.time()
         resp = await transport.request("GET", TASK_LIST_PATH, params=params)
-        tasks, total, size = decode_page(resp.body)
-        for task in tasks:
-            found.setdefault(task.task_id, task)
-        # The server may use a smaller page than asked for: a short page is the last only
-        # by its own measure.
-        if not tasks or len(tasks) < (size or page_size):
-            return list(found.values())
-        if total is not None and page * (size or page_size) >= total:
-            return list(found.values())
+        if page == 1:
+            clock = server_clock(resp.headers.get("Date"), sent, time.time())
+        answer = decode_page(resp.body)
+        if answer.page is not None and answer.page != page:
+            # A server that ignores "p", or counts from 0: its pages are not ours.
+            return listing(f"the dashboard answered page {answer.page} when asked for {page}")
+        new = [task for task in answer.tasks if task.task_id not in found]
+        for task in new:
+            found[task.task_id] = task
+        idless += answer.raw - len(answer.tasks)
+        listed = len(found) + idless
+        # A page is short by its raw items (one without a task id still fills it), and by
+        # the server's own page size, which may be smaller than the one asked for.
+        if answer.raw < (answer.size or page_size):
+            if answer.total is not None and listed < answer.total:
+                return listing(
+                    f"the dashboard's list ended with {listed} of its {answer.total} tasks"
+                )
+            return listing()
+        if answer.total is not None and listed >= answer.total:
+            return listing()
+        if not new:
+            return listing(f"page {page} of the dashboard's list held no task not seen before")
     raise Aio88Error(
         f"the dashboard lists more than {max_pages} pages of tasks in the window; "
         "reconcile fewer jobs at a time"

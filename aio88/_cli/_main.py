@@ -17,6 +17,7 @@ from .._ledger import LedgerBusyError
 from .._version import __version__
 from ._demo import demo
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Printer, UsageError
+from ._reconcile import settle_seconds
 from ._run import ledger_status, run_batch
 from ._task import create, download, status, wait
 
@@ -134,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=float,
+        type=settle_seconds,
         default=RECONCILE_SETTLE,
         metavar="S",
-        help="with --reconcile: a job sent less than S seconds ago with no task listed stays "
-        f"unconfirmed ({RECONCILE_SETTLE:g})",
+        help="with --reconcile: a job with no task listed stays unconfirmed until S seconds "
+        f"after its last create's deadline ({RECONCILE_SETTLE:g})",
     )
     p.add_argument(
         "--replace",

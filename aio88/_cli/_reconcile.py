@@ -2,22 +2,29 @@
 
 A job is ``unconfirmed`` when its create was sent and the answer that would say never
 came: its task may exist, and be billed. The dashboard lists the user's tasks
-(:mod:`aio88._dashboard`); each unconfirmed job is looked for there, among the tasks
-submitted in its sending window (from its first send to now, widened by the clock skew)
-that no other job of the ledger owns, and that agree with it on what the item tells:
-model, prompt, ``metadata``. Then:
+(:mod:`aio88._dashboard`), with the server's clock in its ``Date`` header. Two different
+tests, one per way of being wrong:
 
-- exactly one such task, which no other unconfirmed job could claim -> adopted: the job is
-  ``submitted`` with that id, polled and downloaded, never created again;
-- none, and the last send is older than ``--settle`` -> ``pending``: created in this run;
-- more than one, or one that two jobs could claim, or none yet while the send is too
-  recent to be listed -> stays ``unconfirmed``, the candidates named.
+- adopt (poll and download that task, never create again): exactly one task that no other
+  job of the ledger owns, that the item *identifies* as the job's (its prompt, compared
+  with whitespace and case normalised, or its ``metadata``, compared as strings: at least
+  one present in the item and equal, none different; and the model, where both tell),
+  submitted in the job's narrow window (from its first send to when its last create could
+  still have been stored: ``api_deadline`` plus ``--settle`` after its last send), and
+  that no other unconfirmed job identifies too;
+- return to ``pending`` (create now): the listing is complete, the server's clock is
+  measured and within the skew allowance, the job's last create is past its deadline and
+  ``--settle``, and no task at all that the job's model could have made (any, when it
+  names none; an item without a model could be any) was submitted from its first send to
+  now: not only none identified, none whatever;
+- anything else stays ``unconfirmed``, its candidates named.
 
 The decision (:func:`decide`) is pure; :func:`reconcile` reads the list and commits it.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -26,19 +33,34 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from .._config import ENV_DASHBOARD_TOKEN, ENV_USER_ID, RECONCILE_CLOCK_SKEW
+from .._config import DEFAULT_TIMEOUTS, ENV_DASHBOARD_TOKEN, ENV_USER_ID, RECONCILE_CLOCK_SKEW
 from .._dashboard import (
     TASK_LIST_PATH,
     DashboardRefusedError,
     DashboardTask,
+    Listing,
     dashboard_transport,
     list_tasks,
 )
 from .._errors import Aio88Error, APIStatusError, AuthenticationError, PermissionDeniedError
+from .._http import Transport, api_deadline
 from .._ledger import Job, Ledger
 from ._output import Printer, UsageError
 
-__all__ = ["Decision", "Verdict", "dashboard_credentials", "decide", "matches", "reconcile"]
+__all__ = [
+    "Decision",
+    "Verdict",
+    "dashboard_credentials",
+    "decide",
+    "identifies",
+    "matches",
+    "model_allows",
+    "narrow_window",
+    "normalise_prompt",
+    "reconcile",
+    "settle_seconds",
+    "wide_window",
+]
 
 Verdict = Literal["adopted", "pending", "unconfirmed"]
 """What reconciling makes of an unconfirmed job."""
@@ -75,32 +97,117 @@ def dashboard_credentials() -> tuple[str, str]:
             "access token from the 88API console's personal settings, not an sk- key, and "
             "your user id)"
         )
+    if not (user_id.isascii() and user_id.isdigit()):
+        # isdigit() alone takes other scripts' digits, which no header carries.
+        raise UsageError(f"{ENV_USER_ID} must be your numeric user id (ASCII digits)")
     return token, user_id
 
 
-def window(job: Job, now: float, *, skew: float = RECONCILE_CLOCK_SKEW) -> tuple[int, int] | None:
-    """The Unix seconds between which ``job``'s task can have been stored, or ``None``
-    when the ledger never recorded when it was sent."""
+def settle_seconds(text: str) -> float:
+    """``--settle``'s value: seconds, finite and 0 or more (an argparse ``type``).
+
+    Raises:
+        argparse.ArgumentTypeError: Anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
+    return value
+
+
+def _skew_of(skew: float | None) -> float:
+    return RECONCILE_CLOCK_SKEW if skew is None else skew
+
+
+def _create_deadline() -> float:
+    """How long after it was written a create can still reach the server and be stored."""
+    deadline = api_deadline(DEFAULT_TIMEOUTS)
+    # No deadline: a create may be stored any time later; a day stands for "much later".
+    return 86400.0 if deadline is None else deadline
+
+
+def narrow_window(
+    job: Job, *, settle: float, offset: float = 0.0, skew: float | None = None
+) -> tuple[float, float]:
+    """The server's Unix seconds within which ``job``'s own task was stored: from its first
+    send to its last create's deadline plus ``settle``, widened by ``skew`` and shifted by
+    the server's clock ``offset``. Unbounded for a job with no send time recorded."""
+    margin = _skew_of(skew)
     if job.sending_since is None:
-        return None
-    return math.floor(job.sending_since - skew), math.ceil(now + skew)
+        return -math.inf, math.inf
+    last = job.sending_last if job.sending_last is not None else job.sending_since
+    return (
+        job.sending_since + offset - margin,
+        last + _create_deadline() + settle + offset + margin,
+    )
 
 
-def matches(job: Job, task: DashboardTask, bounds: tuple[int, int]) -> bool:
-    """Whether ``task`` can be the one ``job``'s create made: submitted in ``bounds`` and
-    agreeing with the job on each field the item carries (one it lacks rules nothing out)."""
-    if task.submit_time is not None and not bounds[0] <= task.submit_time <= bounds[1]:
+def wide_window(
+    job: Job, now: float, *, offset: float = 0.0, skew: float | None = None
+) -> tuple[float, float]:
+    """The server's Unix seconds from ``job``'s first send (less ``skew``) to ``now`` (plus
+    ``skew``): any task of its model in there rules out "never created"."""
+    margin = _skew_of(skew)
+    since = job.sending_since if job.sending_since is not None else -math.inf
+    return since + offset - margin, now + offset + margin
+
+
+def _in(task: DashboardTask, bounds: tuple[float, float]) -> bool:
+    # An item without a time could be from any time.
+    return task.submit_time is None or bounds[0] <= task.submit_time <= bounds[1]
+
+
+def normalise_prompt(prompt: str) -> str:
+    """``prompt`` as servers may store it: whitespace runs as one space, case folded."""
+    return " ".join(prompt.split()).casefold()
+
+
+def _as_strings(value: object) -> object:
+    """``value`` with every scalar as a string (servers stringify metadata values)."""
+    if isinstance(value, dict):
+        return {str(k): _as_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_strings(v) for v in value]
+    if isinstance(value, bool):
+        return str(value).lower()  # JSON's spelling, as a server writing it back would
+    return "" if value is None else str(value)
+
+
+def model_allows(job: Job, task: DashboardTask) -> bool:
+    """Whether ``task`` could have been made with ``job``'s model (it names none, the item
+    names none, or the item names it)."""
+    model = job.request.get("model")
+    return not isinstance(model, str) or not task.models or model in task.models
+
+
+def identifies(job: Job, task: DashboardTask) -> bool:
+    """Whether ``task``'s item tells it is ``job``'s, ignoring time: a prompt or
+    ``metadata`` the item carries equals the job's, none differs, and the model agrees."""
+    if not model_allows(job, task):
         return False
-    request = job.request
-    model = request.get("model")
-    if isinstance(model, str) and task.models and model not in task.models:
-        return False
-    prompt = request.get("prompt")
-    if isinstance(prompt, str) and task.prompt is not None and task.prompt != prompt.strip():
-        return False
-    metadata = request.get("metadata")
-    return not (
-        isinstance(metadata, dict) and task.metadata is not None and task.metadata != metadata
+    agreed = False
+    prompt = job.request.get("prompt")
+    if isinstance(prompt, str) and task.prompt is not None:
+        if normalise_prompt(prompt) != normalise_prompt(task.prompt):
+            return False
+        agreed = True
+    metadata = job.request.get("metadata")
+    if isinstance(metadata, dict) and task.metadata is not None:
+        if _as_strings(metadata) != _as_strings(task.metadata):
+            return False
+        agreed = True
+    return agreed
+
+
+def matches(
+    job: Job, task: DashboardTask, *, settle: float, offset: float = 0.0, skew: float | None = None
+) -> bool:
+    """Whether ``task`` may be adopted as ``job``'s: identified, in its narrow window."""
+    return identifies(job, task) and _in(
+        task, narrow_window(job, settle=settle, offset=offset, skew=skew)
     )
 
 
@@ -111,60 +218,80 @@ def decide(
     now: float,
     *,
     settle: float,
-    skew: float = RECONCILE_CLOCK_SKEW,
+    skew: float | None = None,
+    clock_offset: float | None = 0.0,
+    clock_error: float = 0.0,
+    complete: bool = True,
+    why_incomplete: str = "",
 ) -> list[Decision]:
     """The decision for each unconfirmed job of ``jobs``.
 
     Args:
-        tasks: The dashboard's tasks (of a window covering every job's).
+        tasks: The dashboard's tasks (of a window covering every job's wide window).
         known: Task ids the ledger already gives to a job: never another job's.
-        now: Unix time now.
-        settle: Seconds after its last send during which a job's task may not be listed yet.
+        now: Unix time now (ours).
+        settle: Seconds after a create's deadline during which its task may not be listed.
+        skew: The clock skew allowance (``RECONCILE_CLOCK_SKEW``).
+        clock_offset: The server's clock minus ours (``None``: not measured).
+        clock_error: How far ``clock_offset`` may be off.
+        complete: Whether the listing holds every task (else none returns to pending).
+        why_incomplete: Why it does not.
     """
+    margin = _skew_of(skew)
     jobs = list(jobs)
     free = [task for task in tasks if task.task_id not in known]
-    found: dict[str, list[str]] = {}
-    for job in jobs:
-        bounds = window(job, now, skew=skew)
-        if bounds is not None:
-            found[job.key] = [t.task_id for t in free if matches(job, t, bounds)]
-    claims = Counter(task_id for ids in found.values() for task_id in ids)
+    offset = clock_offset or 0.0
+    # Why no job may return to pending, if any reason holds for all.
+    blocked = ""
+    if not complete:
+        blocked = f"the dashboard's list is incomplete ({why_incomplete})"
+    elif clock_offset is None:
+        blocked = "the dashboard sent no Date header, so its clock is unknown"
+    elif abs(clock_offset) + clock_error > margin:
+        blocked = (
+            f"the dashboard's clock is {clock_offset:+.0f}s off ours, more than the "
+            f"{margin:g}s allowed"
+        )
+    # Every job claims the tasks it identifies in its window; a job with no send time
+    # recorded, in any window (its task may be any of them).
+    claimed: dict[str, list[str]] = {
+        job.key: [
+            t.task_id for t in free if matches(job, t, settle=settle, offset=offset, skew=skew)
+        ]
+        for job in jobs
+    }
+    claims = Counter(task_id for ids in claimed.values() for task_id in ids)
+    # The tasks adopted in this pass are their jobs' as surely as the ledger's known ones.
+    adopted = {
+        ids[0]
+        for job in jobs
+        if job.sending_since is not None
+        and len(ids := claimed[job.key]) == 1
+        and claims[ids[0]] == 1
+    }
     decisions = []
     for job in jobs:
-        ids = found.get(job.key)
-        if ids is None:
+        ids = claimed[job.key]
+        if job.sending_since is None:
             decisions.append(
                 Decision(
                     job.key,
                     "unconfirmed",
+                    candidates=tuple(ids),
                     why="the ledger has no time for its send (written by an older aio88): "
-                    "check the 88API console",
+                    "check the 88API console" + (f" (candidates: {', '.join(ids)})" if ids else ""),
                 )
             )
-        elif len(ids) == 1 and claims[ids[0]] == 1:
+            continue
+        if len(ids) == 1 and claims[ids[0]] == 1:
             decisions.append(Decision(job.key, "adopted", task_id=ids[0]))
-        elif not ids:
-            last = job.sending_last or job.sending_since or 0.0
-            if now < last + settle:
-                decisions.append(
-                    Decision(
-                        job.key,
-                        "unconfirmed",
-                        why=f"no task listed yet, but it was sent {now - last:.0f}s ago and may "
-                        f"still be stored: rerun with --reconcile after {settle:g}s",
-                    )
-                )
-            else:
-                decisions.append(Decision(job.key, "pending"))
-        else:
-            shared = [i for i in ids if claims[i] > 1]
+            continue
+        if ids:
             why = (
                 f"{len(ids)} tasks in the dashboard match it"
                 if len(ids) > 1
                 else "its one matching task matches another unconfirmed job too"
             )
-            if shared and len(ids) > 1:
-                why += " (some match other unconfirmed jobs too)"
             decisions.append(
                 Decision(
                     job.key,
@@ -173,6 +300,40 @@ def decide(
                     why=f"{why}: {', '.join(ids)}; check them in the 88API console",
                 )
             )
+            continue
+        wide = wide_window(job, now, offset=offset, skew=skew)
+        possible = [
+            t.task_id
+            for t in free
+            if t.task_id not in adopted and model_allows(job, t) and _in(t, wide)
+        ]
+        last = job.sending_last if job.sending_last is not None else job.sending_since
+        ready = last + _create_deadline() + settle
+        if possible:
+            shown = ", ".join(possible[:10]) + (" ..." if len(possible) > 10 else "")
+            decisions.append(
+                Decision(
+                    job.key,
+                    "unconfirmed",
+                    candidates=tuple(possible),
+                    why=f"no task is identified as its own, but {len(possible)} task(s) of "
+                    f"its model were submitted since it was sent and could be ({shown}): "
+                    "check them in the 88API console",
+                )
+            )
+        elif blocked:
+            decisions.append(Decision(job.key, "unconfirmed", why=f"no task listed, but {blocked}"))
+        elif now < ready:
+            decisions.append(
+                Decision(
+                    job.key,
+                    "unconfirmed",
+                    why=f"no task listed yet, but it was sent {now - last:.0f}s ago and may "
+                    f"still be stored: rerun with --reconcile after {ready - now:.0f}s",
+                )
+            )
+        else:
+            decisions.append(Decision(job.key, "pending"))
     return decisions
 
 
@@ -190,35 +351,39 @@ async def reconcile(
     if not jobs:
         return Counter()
     now = time.time()
-    windows = [w for w in (window(job, now) for job in jobs) if w is not None]
-    tasks: list[DashboardTask] = []
-    if windows:
-        transport = dashboard_transport(base_url, *credentials)
+    dated = [job for job in jobs if job.sending_since is not None]
+    listing = Listing([], complete=True)
+    if dated:
+        # Our clock's range, widened by the skew allowance once for the windows and once
+        # more for the server's clock; shifted by it when it is off by more.
+        margin = RECONCILE_CLOCK_SKEW
+        low = min(wide_window(job, now)[0] for job in dated)
+        high = max(max(narrow_window(job, settle=settle)[1] for job in dated), now + margin)
         try:
-            tasks = await list_tasks(
-                transport,
-                start=min(w[0] for w in windows),
-                end=max(w[1] for w in windows),
-            )
-        except (AuthenticationError, PermissionDeniedError, DashboardRefusedError) as exc:
-            raise UsageError(
-                f"the dashboard refused {ENV_DASHBOARD_TOKEN}/{ENV_USER_ID} ({exc}); use the "
-                "access token from the console's personal settings and your user id"
-            ) from exc
-        except APIStatusError as exc:
-            if exc.status_code in (404, 405):
-                raise UsageError(
-                    f"no dashboard task list at {base_url}{TASK_LIST_PATH} (HTTP "
-                    f"{exc.status_code}): --reconcile needs new-api's dashboard API"
-                ) from exc
-            raise Aio88Error(
-                f"--reconcile could not read the dashboard's task list: {exc}"
-            ) from exc
+            transport = dashboard_transport(base_url, *credentials)
+        except ValueError as exc:  # a token no header can carry: said, without the token
+            raise UsageError(f"{ENV_DASHBOARD_TOKEN}/{ENV_USER_ID}: {exc}") from exc
+        try:
+            listing = await _list(transport, base_url, low - margin, high + margin)
+            offset = listing.clock_offset
+            if offset is not None and abs(offset) > margin:
+                listing = await _list(transport, base_url, low + offset, high + offset)
         finally:
             await transport.aclose()
     counts: Counter[Verdict] = Counter()
     by_key = {job.key: job for job in jobs}
-    for decision in decide(jobs, tasks, ledger.task_ids(), now, settle=settle):
+    decisions = decide(
+        jobs,
+        listing.tasks,
+        ledger.task_ids(),
+        now,
+        settle=settle,
+        clock_offset=listing.clock_offset,
+        clock_error=listing.clock_error,
+        complete=listing.complete,
+        why_incomplete=listing.why_incomplete,
+    )
+    for decision in decisions:
         counts[decision.verdict] += 1
         job = by_key[decision.key]
         if decision.verdict == "adopted":
@@ -234,3 +399,34 @@ async def reconcile(
         f"found not created (created now), {counts['unconfirmed']} still unconfirmed"
     )
     return counts
+
+
+async def _list(transport: Transport, base_url: str, start: float, end: float) -> Listing:
+    """The dashboard's listing from ``start`` to ``end``, its errors said for a person.
+
+    Raises:
+        UsageError: The dashboard refused the credentials, or has no task list there.
+        Aio88Error: The list could not be read.
+    """
+    try:
+        return await list_tasks(transport, start=math.floor(start), end=math.ceil(end))
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise UsageError(
+            f"the dashboard refused {ENV_DASHBOARD_TOKEN}/{ENV_USER_ID} ({exc}); use the "
+            "access token from the console's personal settings and your user id"
+        ) from exc
+    except DashboardRefusedError as exc:
+        # success: false is also how new-api refuses a query it cannot serve: its message
+        # says which, and is what a person needs.
+        raise UsageError(
+            f"the dashboard did not list the tasks: {exc.server_message!r} (if it is about "
+            f"the login: {ENV_DASHBOARD_TOKEN} is the console's access token, "
+            f"{ENV_USER_ID} your user id)"
+        ) from exc
+    except APIStatusError as exc:
+        if exc.status_code in (404, 405):
+            raise UsageError(
+                f"no dashboard task list at {base_url}{TASK_LIST_PATH} (HTTP "
+                f"{exc.status_code}): --reconcile needs new-api's dashboard API"
+            ) from exc
+        raise Aio88Error(f"--reconcile could not read the dashboard's task list: {exc}") from exc

@@ -8,7 +8,7 @@ Pure functions, no server and no state. From new-api's code (``router/api-router
 - auth: the dashboard access token in ``Authorization`` (``Bearer <token>`` or bare), and
   ``New-Api-User`` equal to the token's user (checked by the versions that read it; the
   emulator checks it always). A refusal: 401 ``{"success": false, "message"}``;
-- query: ``p`` (from 1), ``page_size`` (10 when absent), ``start_timestamp`` and
+- query: ``p`` (from 1), ``page_size`` (10 when absent, 100 at most), ``start_timestamp`` and
   ``end_timestamp`` (Unix seconds, both included, on ``submit_time``; 0: no bound),
   ``task_id``, ``status``, ``action``, ``platform``; no model filter. Newest first;
 - answer: ``{"success": true, "message": "", "data": {"page", "page_size", "total",
@@ -38,6 +38,8 @@ DASHBOARD_PREFIX = "/api/"
 TASK_LIST_PATH = "/api/task/self"
 #: new-api's ``ItemsPerPage``: the page size when none is asked for.
 _ITEMS_PER_PAGE = 10
+#: The largest page new-api serves (``common.GetPageQuery``): more asked for gets this.
+_MAX_PAGE_SIZE = 100
 
 _STATUS: dict[Phase, str] = {
     "queued": "QUEUED",
@@ -139,7 +141,7 @@ def task_list(items: list[dict[str, Any]], query: Mapping[str, str]) -> Answer:
     ]
     chosen.sort(key=lambda item: item["id"], reverse=True)
     page = max(1, _number(query, "p"))
-    size = _number(query, "page_size") or _ITEMS_PER_PAGE
+    size = min(_number(query, "page_size") or _ITEMS_PER_PAGE, _MAX_PAGE_SIZE)
     first = (page - 1) * size
     data = {
         "page": page,
