@@ -516,7 +516,7 @@ async def test_without_the_dashboard_credentials_nothing_is_sent(tmp_path: Path)
             "run", str(jobs), "--out", str(out), "--reconcile", env=_env(emu, dashboard=False)
         )
         assert code == 2, stderr
-        assert "AIO88_DASHBOARD_TOKEN and AIO88_USER_ID" in stderr
+        assert "set AIO88_DASHBOARD_TOKEN (" in stderr and ") and AIO88_USER_ID (" in stderr
         assert "Traceback" not in stderr
         assert emu.requests == []
         env = {**_env(emu), "AIO88_DASHBOARD_TOKEN": "tok-Secret-42"}

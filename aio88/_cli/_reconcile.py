@@ -88,14 +88,19 @@ def dashboard_credentials() -> tuple[str, str]:
     """
     token = os.environ.get(ENV_DASHBOARD_TOKEN, "").strip()
     user_id = os.environ.get(ENV_USER_ID, "").strip()
+    what = {
+        ENV_DASHBOARD_TOKEN: "the access token from the 88API console's personal settings, "
+        "not an sk- key",
+        ENV_USER_ID: "your numeric user id, shown in the same settings",
+    }
     missing = [
-        name for name, value in ((ENV_DASHBOARD_TOKEN, token), (ENV_USER_ID, user_id)) if not value
+        f"{name} ({what[name]})"
+        for name, value in ((ENV_DASHBOARD_TOKEN, token), (ENV_USER_ID, user_id))
+        if not value
     ]
     if missing:
         raise UsageError(
-            f"--reconcile reads the dashboard's task list: set {' and '.join(missing)} (the "
-            "access token from the 88API console's personal settings, not an sk- key, and "
-            "your user id)"
+            f"--reconcile reads the dashboard's task list: set {' and '.join(missing)}"
         )
     if not (user_id.isascii() and user_id.isdigit()):
         # isdigit() alone takes other scripts' digits, which no header carries.
