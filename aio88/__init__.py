@@ -33,6 +33,7 @@ from ._errors import (
     TaskFailedError,
     UnprocessableEntityError,
     WaitTimeoutError,
+    WebhookVerificationError,
 )
 from ._models import (
     FileInput,
@@ -51,6 +52,7 @@ from ._schedule import Schedule
 from ._stream import VideoContent
 from ._version import __version__
 from ._watch import Watch
+from ._webhooks import CallbackEvent, Webhooks
 
 __all__ = [
     "APIConnectionError",
@@ -61,6 +63,7 @@ __all__ = [
     "Aio88Error",
     "AuthenticationError",
     "BadRequestError",
+    "CallbackEvent",
     "Client",
     "Clock",
     "ConflictError",
@@ -93,6 +96,8 @@ __all__ = [
     "Videos",
     "WaitTimeoutError",
     "Watch",
+    "WebhookVerificationError",
+    "Webhooks",
     "__version__",
     "create_fate",
 ]

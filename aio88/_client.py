@@ -46,6 +46,7 @@ from ._resources import Generations, Videos
 from ._schedule import Schedule
 from ._sessions import SSLSetting
 from ._watch import Watch, open_watch
+from ._webhooks import Webhooks
 
 __all__ = ["Client"]
 
@@ -161,6 +162,7 @@ class Client:
         self._downloader = Downloader(self._transport, download_concurrency)
         self.generations = Generations(self._transport)
         self.videos = Videos(self._transport, self._downloader)
+        self.webhooks = Webhooks(key.strip())
 
     @property
     def base_url(self) -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "TaskFailedError",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "WebhookVerificationError",
     "make_status_error",
     "request_id_from",
     "wrong_task_error",
@@ -267,6 +268,12 @@ class WaitTimeoutError(Aio88Error, TimeoutError):
         )
         self.task = task
         self.timeout = timeout
+
+
+class WebhookVerificationError(Aio88Error):
+    """A callback that fails verification: unsigned, signed with another key, too old or
+    ahead, headers that disagree with its body, or not an event. Answer it 401 (or 400);
+    the message never holds a key or the body."""
 
 
 class DownloadError(Aio88Error):

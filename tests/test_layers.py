@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_sending": 0,
     "_billing": 0,
     "_congestion": 0,
+    "_webhooks": 0,
     # the transport: aiohttp, auth, pacing, the one retry driver
     "_failures": 1,
     "_sessions": 1,
