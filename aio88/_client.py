@@ -302,6 +302,7 @@ class Client:
             clock=clock,
             on_outcome=on_outcome,
             on_fatal=on_fatal,
+            webhooks=self.webhooks,  # for poller.webhook_handler(): the key stays in it
         )
 
     def watch(

@@ -25,6 +25,9 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "DEFAULT_WAIT_TIMEOUT",
+    "CALLBACK_BODY_LIMIT",
+    "CALLBACK_MEMORY",
+    "CALLBACK_MEMORY_MAX",
     "DNS_CACHE_TTL",
     "DOWNLOAD_BLOCK_SIZE",
     "ENV_API_KEY",
@@ -111,6 +114,15 @@ DEFAULT_POLL_CONCURRENCY = 64
 #: Polls a poller's worker makes in a row before it yields to the event loop regardless
 #: (a fetch that never waits must not hold the loop).
 POLL_FAIRNESS_STREAK = 32
+#: How long a poller remembers a callback for a task nobody waits on yet, in seconds: a
+#: ``wait()`` or ``add()`` of it within this polls at once. The server retries a callback
+#: for about 21 minutes, so an event may well come before the caller's ``wait()``.
+CALLBACK_MEMORY = 30 * 60.0
+#: Most such callbacks remembered at once (the oldest are forgotten first): a flood of
+#: signed events for unknown tasks must not grow memory without bound.
+CALLBACK_MEMORY_MAX = 100_000
+#: The largest callback body ``poller.webhook_handler()`` reads (a real event is < 1 KiB).
+CALLBACK_BODY_LIMIT = 64 * 1024
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

@@ -272,8 +272,20 @@ class WaitTimeoutError(Aio88Error, TimeoutError):
 
 class WebhookVerificationError(Aio88Error):
     """A callback that fails verification: unsigned, signed with another key, too old or
-    ahead, headers that disagree with its body, or not an event. Answer it 401 (or 400);
-    the message never holds a key or the body."""
+    ahead, headers that disagree with its body, or not an event. The message never holds
+    a key or the body.
+
+    Attributes:
+        malformed: The signature held, but the body is not an event (or its headers
+            disagree with it): answer 400. Otherwise (not signed, or not by our key, or
+            out of time) answer 401.
+    """
+
+    malformed: bool
+
+    def __init__(self, message: str, *, malformed: bool = False) -> None:
+        super().__init__(message)
+        self.malformed = malformed
 
 
 class DownloadError(Aio88Error):

@@ -15,15 +15,19 @@ import functools
 import heapq
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._clock import LOOP_CLOCK, Clock
 from ._config import (
+    CALLBACK_BODY_LIMIT,
+    CALLBACK_MEMORY,
+    CALLBACK_MEMORY_MAX,
     CONGESTION_RECOVERY,
     DEFAULT_POLL_CONCURRENCY,
     DEFAULT_WAIT_TIMEOUT,
@@ -41,6 +45,7 @@ from ._errors import (
     PermissionDeniedError,
     TaskFailedError,
     WaitTimeoutError,
+    WebhookVerificationError,
     wrong_task_error,
 )
 from ._fetch import fetch_task
@@ -49,6 +54,12 @@ from ._models import GenerationTask, Kind, Status, Task, Video, check_id, compac
 from ._outcome import Outcome, PollerStats
 from ._retry import backoff_delay
 from ._schedule import Schedule, plan_delay
+from ._webhooks import CallbackEvent, Webhooks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from aiohttp import web
 
 __all__ = ["Fetch", "Poller", "kind_of"]
 
@@ -61,6 +72,9 @@ _FATAL = (AuthenticationError, PermissionDeniedError)
 _TRANSIENT = (APIConnectionError, APIStatusError, APIResponseValidationError)
 
 
+#: How a verification error that is the request's shape, not its authenticity, begins or
+#: reads: these come only after the signature checked out (see ``_webhooks.unwrap``), so
+#: the sender is genuine and its request malformed (400, not 401).
 class _Waiter:
     __slots__ = ("event", "looking", "outcome")
 
@@ -78,6 +92,7 @@ class _Tracked:
         "anchor_p",
         "anchor_t",
         "deadline",
+        "due",
         "failures",
         "id",
         "kind",
@@ -96,6 +111,10 @@ class _Tracked:
         self.deadline = deadline
         self.polls = 0
         self.failures = 0
+        #: When its one live heap item is due: an item with another time is stale (a
+        #: callback moved the poll earlier) and is skipped. While a poll of it is in flight
+        #: this is the popped item's time, in the past.
+        self.due = math.inf
         self.task: Task | None = None
         self.anchor_t = 0.0
         self.anchor_p = -1
@@ -142,6 +161,7 @@ class Poller:
         fetch: What one poll does: ``await fetch(kind, task_id)`` returns the task and the
             server's poll-after hint. A GET through ``transport`` by default; benchmarks
             and tests put an in-memory one here to time the scheduler alone.
+        webhooks: What verifies callbacks for :meth:`webhook_handler` (the client's).
     """
 
     def __init__(
@@ -156,6 +176,7 @@ class Poller:
         on_outcome: Callable[[Outcome], object] | None = None,
         on_fatal: Callable[[BaseException], object] | None = None,
         fetch: Fetch | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -192,6 +213,9 @@ class Poller:
         self._finished = 0
         self._errors = 0
         self._in_flight = 0
+        self._webhooks = webhooks
+        # Callbacks for tasks not tracked yet: id -> when forgotten, oldest first.
+        self._hinted: OrderedDict[str, float] = OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -254,12 +278,15 @@ class Poller:
             return entry
         entry = _Tracked(task_id, kind, now, deadline)
         self._tracked[task_id] = entry
+        if fresh and self._hinted and self._hinted.pop(task_id, -math.inf) > now:
+            fresh = False  # its callback came already: it is done, one poll tells how
         self._push(entry, now + self.schedule.first if fresh else now)
         return entry
 
     def _push(self, entry: _Tracked, due: float) -> None:
         if due > entry.deadline:
             due = entry.deadline
+        entry.due = due
         heapq.heappush(self._heap, (due, entry))
         if due < self._sleeping_until and self._sleep_scope is not None:
             self._sleep_scope.cancel()  # the leader sleeps too long now: wake it
@@ -269,6 +296,89 @@ class Poller:
         entry.live = False
         if self._tracked.get(entry.id) is entry:
             del self._tracked[entry.id]
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    async def deliver(self, event: CallbackEvent) -> None:
+        """Act on a verified callback (``client.webhooks.unwrap(...)``): its task is polled
+        now, so every waiter gets the full, typed task from the API.
+
+        The event is a hint, not the truth, and costs at most one poll: a duplicate, or an
+        event for a task whose poll is due now or in flight, costs nothing more. An event
+        for a task nobody waits on yet costs no request (it does not say which endpoint the
+        task lives on); it is remembered for 30 minutes, so a later :meth:`add` of it polls
+        at once instead of after ``schedule.first`` (:meth:`wait` always polls at once).
+        """
+        self._deliver(event.task_id)
+
+    def _deliver(self, task_id: str) -> None:
+        now = self._clock.now()
+        entry = self._tracked.get(task_id)
+        if entry is None:
+            self._remember(task_id, now)
+        elif entry.due > now:
+            # Moved, not added: the item pushed now becomes the entry's one live item, the
+            # old one is skipped when popped (see _take): still one poll stream.
+            self._push(entry, now)
+        # else a poll is due now or in flight: it sees the task as the server has it.
+
+    def _remember(self, task_id: str, now: float) -> None:
+        hinted = self._hinted
+        hinted[task_id] = now + CALLBACK_MEMORY
+        hinted.move_to_end(task_id)  # kept in expiry order: the oldest go first
+        # An OrderedDict pops its front in O(1) (a dict's front would rescan freed slots).
+        while len(hinted) > CALLBACK_MEMORY_MAX or next(iter(hinted.values())) <= now:
+            hinted.popitem(last=False)
+
+    def webhook_handler(
+        self, *, keys: Iterable[str] | None = None, tolerance: float | None = 300
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """An ``aiohttp.web`` handler for the tasks' ``callback_url``::
+
+            app.router.add_post("/88api/callback", poller.webhook_handler())
+
+        It reads at most 64 KiB (413 beyond, with or without ``Content-Length``), verifies
+        the signature with the client's key (or ``keys``) and the timestamp within
+        ``tolerance`` seconds (401 if either fails; 400 for a signed request that is not
+        an event), then passes the event to :meth:`deliver` and answers 204 at once: the poll it
+        causes runs on the poller's workers, never inside the request.
+
+        Raises:
+            RuntimeError: The poller was made without the client's webhooks (not by
+                ``client.poller()``).
+        """
+        from aiohttp import web  # only web backends pay for aiohttp.web
+
+        webhooks = self._webhooks
+        if webhooks is None:
+            raise RuntimeError("webhook_handler needs a poller made by client.poller()")
+        key_list = None if keys is None else list(keys)
+
+        async def handle(request: web.Request) -> web.Response:
+            length = request.content_length
+            if length is not None and length > CALLBACK_BODY_LIMIT:
+                return web.Response(status=413)
+            # Read by hand, one byte past the limit: a chunked body has no Content-Length,
+            # and request.read() would buffer up to the app's client_max_size (1 MiB).
+            body = bytearray()
+            while len(body) <= CALLBACK_BODY_LIMIT:
+                chunk = await request.content.read(CALLBACK_BODY_LIMIT + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > CALLBACK_BODY_LIMIT:
+                return web.Response(status=413)
+            try:
+                event = webhooks.unwrap(
+                    bytes(body), request.headers, keys=key_list, tolerance=tolerance
+                )
+            except WebhookVerificationError as exc:
+                log.debug("callback refused: %s", exc)
+                return web.Response(status=400 if exc.malformed else 401)
+            self._deliver(event.task_id)  # bookkeeping only: the poll runs on a worker
+            return web.Response(status=204)
+
+        return handle
 
     @overload
     async def wait(
@@ -405,9 +515,9 @@ class Poller:
             while True:
                 now = clock.now()
                 while heap and heap[0][0] <= now:
-                    entry = heapq.heappop(heap)[1]
-                    if not entry.live:
-                        continue
+                    due, entry = heapq.heappop(heap)
+                    if due != entry.due or not entry.live:
+                        continue  # a stale item (moved by a callback), or a dropped task
                     # A deadline never stops the first poll: timeout=0 polls once.
                     if now < entry.deadline or not entry.polls:
                         return entry

@@ -89,7 +89,8 @@ class Schedule:
         aim: Where to poll relative to the estimated finish (0.7 = 70 % of the way there).
         stretch: The longest silence the estimate may impose, as a multiple of the tier.
 
-    Use :meth:`fixed` for a constant interval and :meth:`backoff` for geometric growth.
+    Use :meth:`fixed` for a constant interval, :meth:`backoff` for geometric growth and
+    :meth:`fallback` for tasks whose completion comes by callback.
     """
 
     __slots__ = (
@@ -158,6 +159,31 @@ class Schedule:
         )
         schedule._factor = (initial, factor, max)
         return schedule
+
+    @classmethod
+    def fallback(
+        cls, first: float = 60.0, every: float = 180.0, *, jitter: float = 0.1
+    ) -> Schedule:
+        """A safety net for tasks whose completion comes by callback (``callback_url``):
+        the first poll of a task just created after ``first`` seconds, then one every
+        ``every`` seconds (±``jitter``), progress and server hints ignored.
+
+        The callback normally ends the task long before; these polls only catch a callback
+        that never arrived (a lost delivery, the receiver down for longer than the server's
+        ~21 minutes of retries), at a small fraction of the default schedule's requests.
+        """
+        if first < 0 or every <= 0:
+            raise ValueError("Schedule.fallback needs first >= 0 and every > 0")
+        return cls(
+            first=first,
+            tiers=((math.inf, every),),
+            jitter=jitter,
+            floor=min(1.0, every),
+            # A poll-after hint is sized for eager polling (seconds): following it would
+            # undo the point of polling slowly.
+            use_server_hint=False,
+            progress_aware=False,
+        )
 
     def base_delay(self, age: float, polls: int) -> float:
         """The delay before the next poll from the tiers alone (no jitter, hint or estimate).

@@ -156,13 +156,17 @@ def unwrap(
         event = _decode_event(body)
     except msgspec.DecodeError as exc:
         # msgspec's message names a path in the body, never its values.
-        raise WebhookVerificationError(f"the callback's body is not an event ({exc})") from None
+        raise WebhookVerificationError(
+            f"the callback's body is not an event ({exc})", malformed=True
+        ) from None
     if event.type not in EVENT_TYPES:
-        raise WebhookVerificationError(f"unknown callback event type {event.type!r}")
+        raise WebhookVerificationError(
+            f"unknown callback event type {event.type!r}", malformed=True
+        )
     for name, value in (("X-NewAPI-Event", event.type), ("X-NewAPI-Delivery", event.id)):
         sent = _header(headers, name)
         if sent is not None and sent.strip() != value:
-            raise WebhookVerificationError(f"{name} disagrees with the signed body")
+            raise WebhookVerificationError(f"{name} disagrees with the signed body", malformed=True)
     data = event.data
     error = data.error
     if isinstance(error, dict):

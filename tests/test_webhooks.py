@@ -86,6 +86,7 @@ def test_what_is_refused(body: bytes, given: dict[str, str], now: int, why: str)
         unwrap(body, given, keys=[KEY], now=now)
     assert "callbacksigningkey" not in str(caught.value)
     assert "task_xyz" not in str(caught.value) and "assets.example" not in str(caught.value)
+    assert caught.value.malformed == (why == "disagrees")
 
 
 def test_another_key_is_refused_and_rotation_accepts_either() -> None:
@@ -118,8 +119,9 @@ def test_a_signed_body_that_is_not_an_event_is_refused() -> None:
         b'{"id":"x","type":"video.deleted","created_at":1,"data":{"task_id":"t"}}',
     ):
         given = headers(signature=sign(body, STAMP), extra={"X-NewAPI-Delivery": "x"})
-        with pytest.raises(WebhookVerificationError, match=r"not an event|unknown"):
+        with pytest.raises(WebhookVerificationError, match=r"not an event|unknown") as caught:
             unwrap(body, given, keys=[KEY], now=STAMP)
+        assert caught.value.malformed  # signed by us, but not an event: a 400, not a 401
 
 
 def test_a_failed_event_carries_its_error() -> None:
