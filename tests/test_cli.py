@@ -24,9 +24,10 @@ import pytest
 from side_by_side import SideBySide, side_by_side
 
 from aio88._cli._jobs import load_jobs
-from aio88._cli._output import Printer, Tally, UsageError
+from aio88._cli._output import Printer, Tally
 from aio88._ledger import Ledger
 from aio88.testing import Emulator
+from aio88.testing._arguments import UsageError
 
 AIO88 = [sys.executable, "-m", "aio88"]
 

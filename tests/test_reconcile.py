@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from aio88._cli._jobs import load_jobs
-from aio88._cli._output import Printer, UsageError
+from aio88._cli._output import Printer
 from aio88._cli._reconcile import (
     dashboard_credentials,
     decide,
@@ -48,6 +48,7 @@ from aio88._dashboard import (
 )
 from aio88._ledger import Job, Ledger
 from aio88.testing import Emulator, Faults
+from aio88.testing._arguments import UsageError
 
 AIO88 = [sys.executable, "-m", "aio88"]
 

@@ -7,7 +7,7 @@ import os
 
 from .._client import Client
 from .._config import ENV_API_KEY
-from ._output import UsageError
+from ..testing._arguments import UsageError
 
 
 def api_client(*, rate_limit: float | None = None) -> Client:

@@ -31,8 +31,9 @@ from .._ledger import Job, Ledger
 from .._models import GenerationTask, Video
 from .._retry import backoff_delay
 from .._sending import SendMark, marking
+from ..testing._arguments import UsageError
 from ._jobs import create_job
-from ._output import Printer, UsageError
+from ._output import Printer
 
 
 class _CalledOff(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 from .._client import Client
 from .._ledger import Job
 from .._models import GenerationTask, Video
-from ._output import UsageError
+from ..testing._arguments import UsageError
 
 #: Fields a job line may carry for each kind; anything else goes as ``extra_body``.
 _VIDEO_FIELDS = {"model", "prompt", "seconds", "size", "input_reference", "metadata"}

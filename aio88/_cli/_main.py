@@ -7,7 +7,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import anyio
 
@@ -15,51 +14,23 @@ from .._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT, RECONCILE_
 from .._errors import Aio88Error, AuthenticationError, PermissionDeniedError
 from .._ledger import LedgerBusyError
 from .._version import __version__
+from ..testing._arguments import OneLineParser, UsageError, rate, seconds, whole_number
 from ._demo import demo
-from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Printer, UsageError
-from ._reconcile import settle_seconds
+from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Printer
 from ._run import ledger_status, run_batch
 from ._task import create, download, status, wait
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose mistakes end as every other usage error does: one line on stderr
-    (and an ``error`` event with ``--json``), exit 2, not the usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``aio88`` command line."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="aio88",
         description="Create, poll and download 88API videos. Reads AIO88_API_KEY and "
         "AIO88_BASE_URL. Exit codes: 0 all ok, 1 some tasks failed or not settled, 2 usage "
         "or configuration error, 130 interrupted (143 for SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"aio88 {__version__}")
-    output = _Parser(add_help=False)
+    output = OneLineParser(add_help=False)
     output.add_argument(
         "--json", action="store_true", help="print JSON lines (numbers as numbers, errors too)"
     )
@@ -74,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="print every event, and log retries on stderr (-vv: every request)",
     )
-    kinds = _Parser(add_help=False)
+    kinds = OneLineParser(add_help=False)
     kinds.add_argument(
         "--kind",
         choices=["video", "generation"],
@@ -84,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", parents=[output], help="the whole job on an in-process emulator")
-    p.add_argument("--tasks", type=_positive_int, default=50, help="tasks to create (default 50)")
-    p.add_argument("--concurrency", type=_positive_int, default=16, help="polls in flight (16)")
+    p.add_argument("--tasks", type=whole_number(1), default=50, help="tasks to create (default 50)")
+    p.add_argument("--concurrency", type=whole_number(1), default=16, help="polls in flight (16)")
     p.add_argument("--dialect", choices=["docs", "newapi"], default="newapi")
     p.add_argument("--out", default="aio88-demo-videos", help="where the videos go")
-    p.add_argument("--failure-rate", type=_rate, default=0.0, help="share of tasks that fail (0)")
-    p.add_argument("--rate-429", type=_rate, default=0.0, help="share of requests answered 429")
-    p.add_argument("--drop-rate", type=_rate, default=0.0, help="share of connections dropped")
+    p.add_argument("--failure-rate", type=rate, default=0.0, help="share of tasks that fail (0)")
+    p.add_argument("--rate-429", type=rate, default=0.0, help="share of requests answered 429")
+    p.add_argument("--drop-rate", type=rate, default=0.0, help="share of connections dropped")
     p.add_argument(
         "--duration",
         type=float,
@@ -112,12 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", metavar="DIR", help="summarise the ledger in DIR and exit")
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=whole_number(1),
         default=DEFAULT_POLL_CONCURRENCY,
         help="polls in flight (64)",
     )
     p.add_argument(
-        "--create-concurrency", type=_positive_int, default=8, help="creates in flight (8)"
+        "--create-concurrency", type=whole_number(1), default=8, help="creates in flight (8)"
     )
     p.add_argument("--rate-limit", type=float, default=None, help="requests per second, all told")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per task (3600)")
@@ -135,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=settle_seconds,
+        type=seconds,
         default=RECONCILE_SETTLE,
         metavar="S",
         help="with --reconcile: a job with no task listed stays unconfirmed until S seconds "

@@ -32,10 +32,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    """Bad input: reported on stderr with exit code 2, before anything is sent."""
-
-
 @dataclass
 class Tally:
     """What happened so far, for the progress line and the summary."""

@@ -24,7 +24,6 @@ The decision (:func:`decide`) is pure; :func:`reconcile` reads the list and comm
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -45,7 +44,9 @@ from .._dashboard import (
 from .._errors import Aio88Error, APIStatusError, AuthenticationError, PermissionDeniedError
 from .._http import Transport, api_deadline
 from .._ledger import Job, Ledger
-from ._output import Printer, UsageError
+from ..testing._arguments import UsageError
+from ..testing._arguments import seconds as settle_seconds
+from ._output import Printer
 
 __all__ = [
     "Decision",
@@ -106,21 +107,6 @@ def dashboard_credentials() -> tuple[str, str]:
         # isdigit() alone takes other scripts' digits, which no header carries.
         raise UsageError(f"{ENV_USER_ID} must be your numeric user id (ASCII digits)")
     return token, user_id
-
-
-def settle_seconds(text: str) -> float:
-    """``--settle``'s value: seconds, finite and 0 or more (an argparse ``type``).
-
-    Raises:
-        argparse.ArgumentTypeError: Anything else.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
-    return value
 
 
 def _skew_of(skew: float | None) -> float:

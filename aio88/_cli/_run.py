@@ -20,11 +20,12 @@ from .._ledger import Job, Ledger
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
 from .._partfile import file_facts
+from ..testing._arguments import UsageError
 from ._api import api_client
 from ._creates import Creates
 from ._interrupt import Interrupt
 from ._jobs import load_jobs
-from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, UsageError, error_text, outcome_event
+from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, error_text, outcome_event
 from ._reconcile import dashboard_credentials, reconcile
 
 #: The states --status lists job by job (the others are counted): what needs a decision.

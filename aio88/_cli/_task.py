@@ -9,8 +9,9 @@ from typing import Any
 from .._client import Client
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
+from ..testing._arguments import UsageError
 from ._api import api_client
-from ._output import EXIT_FAILED, EXIT_OK, Printer, UsageError, error_text, size_of
+from ._output import EXIT_FAILED, EXIT_OK, Printer, error_text, size_of
 
 
 def _resource(client: Client, kind: str) -> Any:

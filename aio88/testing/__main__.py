@@ -20,8 +20,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
+from ._arguments import (
+    OneLineParser,
+    UsageError,
+    positive_seconds,
+    rate,
+    seconds,
+    whole_number,
+)
 from ._emulator import Emulator
 from ._faults import Faults
 from ._requests import LoggedRequest
@@ -30,72 +38,9 @@ from ._stats import STATS_PATH
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its surroundings: one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose mistakes end in one line (not the usage text), as the ``aio88``
-    command's do."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def _rate(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):  # nan, inf
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {text}")
-    return value
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
     """The command line of the emulator, named ``prog`` in its usage and errors."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Serve an emulated 88API on loopback until Ctrl-C (exit code 0). "
         "It prints the AIO88_BASE_URL and AIO88_API_KEY to connect with; "
@@ -103,7 +48,10 @@ def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=_port, default=8088, help="API port; 0 picks a free one (default 8088)"
+        "--port",
+        type=whole_number(0, 65535),
+        default=8088,
+        help="API port; 0 picks a free one (default 8088)",
     )
     parser.add_argument("--dialect", choices=["docs", "newapi"], default="docs")
     parser.add_argument(
@@ -122,24 +70,22 @@ def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--duration",
-        type=_positive_seconds,
+        type=positive_seconds,
         nargs=2,
         default=(5.0, 20.0),
         metavar=("LOW", "HIGH"),
         help="seconds a task takes, drawn uniformly (default 5 20)",
     )
-    parser.add_argument("--failure-rate", type=_rate, default=0.0, help="share of tasks that fail")
+    parser.add_argument("--failure-rate", type=rate, default=0.0, help="share of tasks that fail")
+    parser.add_argument("--rate-429", type=rate, default=0.0, help="share of requests answered 429")
     parser.add_argument(
-        "--rate-429", type=_rate, default=0.0, help="share of requests answered 429"
+        "--retry-after", type=seconds, default=None, help="Retry-After of those 429s (none)"
     )
-    parser.add_argument(
-        "--retry-after", type=_seconds, default=None, help="Retry-After of those 429s (none)"
-    )
-    parser.add_argument("--rate-500", type=_rate, default=0.0, help="share answered 500")
-    parser.add_argument("--drop-rate", type=_rate, default=0.0, help="share of connections dropped")
-    parser.add_argument("--truncate-rate", type=_rate, default=0.0, help="share of bodies cut")
-    parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added per answer")
-    parser.add_argument("--content-size", type=_size, default=None, help="serve N bytes")
+    parser.add_argument("--rate-500", type=rate, default=0.0, help="share answered 500")
+    parser.add_argument("--drop-rate", type=rate, default=0.0, help="share of connections dropped")
+    parser.add_argument("--truncate-rate", type=rate, default=0.0, help="share of bodies cut")
+    parser.add_argument("--latency", type=seconds, default=0.0, help="seconds added per answer")
+    parser.add_argument("--content-size", type=whole_number(1), default=None, help="serve N bytes")
     parser.add_argument(
         "--any-id", action="store_true", help="answer unknown ids as finished tasks (load tests)"
     )
