@@ -91,16 +91,15 @@ class Body:
         await refuse_message(self._response, where, timeout, dest)
 
 
-async def read_limited(
-    response: aiohttp.ClientResponse, limit: int, timeout: float | None
-) -> bytes:
-    """Up to ``limit`` bytes of a body that should be small (an error message): what
-    arrives within ``timeout`` seconds, and never a whole video."""
+async def read_limited(content: aiohttp.StreamReader, limit: int, timeout: float | None) -> bytes:
+    """Up to ``limit`` bytes of a body that should be small (an error message, a
+    callback): what arrives within ``timeout`` seconds (``None``: no limit), and never a
+    whole video. ``content`` is a response's or a server request's body stream."""
     data = b""
     with anyio.move_on_after(timeout):
         try:
             while len(data) < limit:
-                chunk = await response.content.read(limit - len(data))
+                chunk = await content.read(limit - len(data))
                 if not chunk:
                     break
                 data += chunk
@@ -116,7 +115,7 @@ async def refuse_message(
     (JSON, text) where a video was expected; return when it is not."""
     if not response.content_type.startswith(NOT_VIDEO_TYPES):
         return
-    text = await read_limited(response, MESSAGE_EXCERPT_LIMIT, timeout)
+    text = await read_limited(response.content, MESSAGE_EXCERPT_LIMIT, timeout)
     raise DownloadError(
         f"expected a video from {where} but got {response.content_type}: "
         f"{redact_text(text.decode('utf-8', 'replace'))!r}",

@@ -364,7 +364,9 @@ class Transport:
                     if status in _REDIRECTS and "Location" in resp.headers:
                         location = resp.headers["Location"]
                     else:
-                        error_body = await read_limited(resp, ERROR_BODY_LIMIT, self.timeouts.read)
+                        error_body = await read_limited(
+                            resp.content, ERROR_BODY_LIMIT, self.timeouts.read
+                        )
                 finally:
                     resp.release()
             except FINAL_ERRORS as exc:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import anyio
 from anyio.abc import TaskGroup
 
+from ._body import read_limited
 from ._clock import LOOP_CLOCK, Clock
 from ._config import (
     CALLBACK_BODY_LIMIT,
@@ -358,20 +359,13 @@ class Poller:
             length = request.content_length
             if length is not None and length > CALLBACK_BODY_LIMIT:
                 return web.Response(status=413)
-            # Read by hand, one byte past the limit: a chunked body has no Content-Length,
-            # and request.read() would buffer up to the app's client_max_size (1 MiB).
-            body = bytearray()
-            while len(body) <= CALLBACK_BODY_LIMIT:
-                chunk = await request.content.read(CALLBACK_BODY_LIMIT + 1 - len(body))
-                if not chunk:
-                    break
-                body += chunk
+            # One byte past the limit, read from the stream: a chunked body has no
+            # Content-Length, and request.read() would buffer up to client_max_size (1 MiB).
+            body = await read_limited(request.content, CALLBACK_BODY_LIMIT + 1, None)
             if len(body) > CALLBACK_BODY_LIMIT:
                 return web.Response(status=413)
             try:
-                event = webhooks.unwrap(
-                    bytes(body), request.headers, keys=key_list, tolerance=tolerance
-                )
+                event = webhooks.unwrap(body, request.headers, keys=key_list, tolerance=tolerance)
             except WebhookVerificationError as exc:
                 log.debug("callback refused: %s", exc)
                 return web.Response(status=400 if exc.malformed else 401)
