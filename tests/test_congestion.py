@@ -4,11 +4,13 @@ and with time (pure arithmetic), and a poller that neither collapses nor stays l
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
-from aio88 import Client, RetryPolicy
+from aio88 import Client, Poller, RetryPolicy
 from aio88._config import CONGESTION_RECOVERY
 from aio88._congestion import Congestion
 from aio88.testing import Emulator
@@ -56,9 +58,10 @@ def test_bad_bounds_are_refused() -> None:
         Congestion(4, floor=8, recovery=1.0, now=0.0)
 
 
-async def test_a_burst_of_429s_does_not_collapse_the_poller() -> None:
-    """64 polls in flight, 20 of them answered 429 at once: the concurrency halves once
-    (not to 1), and each of them is retried and answered."""
+@asynccontextmanager
+async def poller_after_a_burst() -> AsyncIterator[Poller]:
+    """A poller of 64 tasks at concurrency 64 whose first round met 20 429s without
+    Retry-After, once all of them (and their retries) have been answered."""
     retry = RetryPolicy(backoff_initial=0.01, backoff_max=0.05)
     async with (
         Emulator(duration=None) as emu,
@@ -72,9 +75,16 @@ async def test_a_burst_of_429s_does_not_collapse_the_poller() -> None:
             with anyio.fail_after(5):
                 while emu.count("GET") < 64 + 20:  # noqa: ASYNC110 - the log has no event
                     await anyio.sleep(0.01)
-            stats = poller.stats()
-            assert 32 <= stats.concurrency < 64  # 64 halved once (and regrowing), not to 1
-            assert stats.rate_limited == 20 and stats.errors == 0  # each retried, and answered
+            yield poller
+
+
+async def test_a_burst_of_429s_does_not_collapse_the_poller() -> None:
+    """64 polls in flight, 20 of them answered 429 at once: the concurrency halves once
+    (not to 1), and each of them is retried and answered."""
+    async with poller_after_a_burst() as poller:
+        stats = poller.stats()
+        assert 32 <= stats.concurrency < 64  # 64 halved once (and regrowing), not to 1
+        assert stats.rate_limited == 20 and stats.errors == 0  # each retried, and answered
 
 
 def test_time_alone_brings_it_back_within_the_recovery() -> None:
@@ -92,19 +102,7 @@ def test_time_alone_brings_it_back_within_the_recovery() -> None:
 async def test_a_poller_left_idle_after_a_burst_returns_to_its_concurrency() -> None:
     """429s without Retry-After halve the concurrency; then, with no poll at all, time
     alone brings it back to what it was configured for."""
-    retry = RetryPolicy(backoff_initial=0.01, backoff_max=0.05)
-    async with (
-        Emulator(duration=None) as emu,
-        Client("sk-test", base_url=emu.base_url, retry=retry) as client,
-    ):
-        tasks = [await client.videos.create(prompt=f"fox {i}") for i in range(64)]
-        emu.inject("429", times=20, method="GET")  # no Retry-After: the poller adapts
-        async with client.poller(concurrency=64) as poller:
-            for task in tasks:
-                poller.add(task.id, kind="video")
-            with anyio.fail_after(5):
-                while emu.count("GET") < 64 + 20:  # noqa: ASYNC110 - the log has no event
-                    await anyio.sleep(0.01)
-            assert poller.stats().concurrency < 64
-            await anyio.sleep(CONGESTION_RECOVERY + 0.2)  # idle: the next polls are far off
-            assert poller.stats().concurrency == 64
+    async with poller_after_a_burst() as poller:
+        assert poller.stats().concurrency < 64
+        await anyio.sleep(CONGESTION_RECOVERY + 0.2)  # idle: the next polls are far off
+        assert poller.stats().concurrency == 64
