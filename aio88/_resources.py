@@ -247,6 +247,7 @@ class Videos(_Resource[Video]):
         size: str | None = None,
         input_reference: FileInput | None = None,
         metadata: Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> Video:
         """Create a video task. It is billed: a create is never resent after a timeout or
@@ -262,6 +263,8 @@ class Videos(_Resource[Video]):
             size: ``"WIDTHxHEIGHT"``, e.g. ``"1280x720"``.
             input_reference: An image to start from: a path, bytes or a binary file.
             metadata: Vendor options; sent as a JSON string in multipart, as the API wants.
+            callback_url: Where the gateway posts a signed event when the task ends (see
+                ``client.webhooks``); a field of the form too when multipart.
             extra_body: More fields, sent as they are.
         """
         fields: dict[str, Any] = {
@@ -269,6 +272,7 @@ class Videos(_Resource[Video]):
             "model": None if model is None else _check_text(model, "model"),
             "seconds": None if seconds is None else str(seconds),
             "size": size,
+            "callback_url": callback_url,
         }
         if input_reference is None:
             return await self._create(_payload({**fields, "metadata": metadata}, extra_body))
