@@ -8,7 +8,9 @@ none of them knows the client.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -34,6 +36,7 @@ from ._config import (
     Timeouts,
     check_timeout,
 )
+from ._coordination import Coordinator
 from ._download import Downloader, Source
 from ._errors import DownloadError
 from ._http import Transport
@@ -46,9 +49,16 @@ from ._resources import Generations, Videos
 from ._schedule import Schedule
 from ._sessions import SSLSetting
 from ._watch import Watch, open_watch
-from ._webhooks import Webhooks
+from ._webhooks import Webhooks, normalize_key
 
 __all__ = ["Client"]
+
+
+def budget_name(api_key: str, base_url: str) -> str:
+    """What tells one key's fleet-wide rate budget from another's: a digest of the
+    normalised key and the origin (the key itself never leaves the process)."""
+    digest = hashlib.sha256(f"{URL(base_url).origin()} {normalize_key(api_key)}".encode())
+    return digest.hexdigest()[:32]
 
 
 def _resolve_base_url(base_url: str | None) -> str:
@@ -104,6 +114,10 @@ class Client:
             and its connector, TLS and tracing settings apply (so ``ssl`` and
             ``trace_configs`` cannot be given with it).
         download_concurrency: Most downloads streaming at once, across the client.
+        fleet: Share the rate budget and the polling with other processes
+            (``aio88.fleet.Fleet``, PostgreSQL): ``rate_limit`` and a 429's pause then hold
+            for the whole fleet, and each awaited task is polled by one process, its end
+            told to all. The client does not close it.
 
     Raises:
         ValueError: No API key, a malformed ``base_url`` or proxy, or a header (or key)
@@ -130,6 +144,7 @@ class Client:
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         session: aiohttp.ClientSession | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
+        fleet: Coordinator | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
         if not key.strip():
@@ -146,9 +161,13 @@ class Client:
                 "ssl and trace_configs belong to your own session when you pass one: set "
                 "them on its connector and in ClientSession(trace_configs=...)"
             )
+        if fleet is not None and not isinstance(fleet, Coordinator):
+            raise TypeError(f"fleet must be an aio88.fleet.Fleet, not {type(fleet).__name__}")
+        resolved_url = _resolve_base_url(base_url)
+        self._fleet = fleet
         self._transport = Transport(
             api_key=key.strip(),
-            base_url=_resolve_base_url(base_url),
+            base_url=resolved_url,
             timeouts=timeouts,
             retry=retry,
             rate_limit=rate_limit,
@@ -158,6 +177,9 @@ class Client:
             ssl=ssl,
             trace_configs=trace_configs,
             session=session,
+            rate_budget=None
+            if fleet is None
+            else fleet.rate_budget(budget_name(key, resolved_url), rate_limit, time.monotonic),
         )
         self._downloader = Downloader(self._transport, download_concurrency)
         self.generations = Generations(self._transport)
@@ -303,6 +325,7 @@ class Client:
             on_outcome=on_outcome,
             on_fatal=on_fatal,
             webhooks=self.webhooks,  # for poller.webhook_handler(): the key stays in it
+            leases=None if self._fleet is None else self._fleet.leases,
         )
 
     def watch(

@@ -28,7 +28,9 @@ __all__ = [
     "CALLBACK_BODY_LIMIT",
     "CALLBACK_MEMORY",
     "CALLBACK_MEMORY_MAX",
+    "DEFAULT_LEASE",
     "DNS_CACHE_TTL",
+    "LEASE_CHECKS",
     "DOWNLOAD_BLOCK_SIZE",
     "ENV_API_KEY",
     "ENV_BASE_URL",
@@ -123,6 +125,12 @@ CALLBACK_MEMORY = 30 * 60.0
 CALLBACK_MEMORY_MAX = 100_000
 #: The largest callback body ``poller.webhook_handler()`` reads (a real event is < 1 KiB).
 CALLBACK_BODY_LIMIT = 64 * 1024
+#: How long a fleet's lease on a task lasts unless renewed (seconds): how soon a dead
+#: process's tasks are polled by another.
+DEFAULT_LEASE = 30.0
+#: How often, per lease, a process retries a task another process polls: so that a dead
+#: holder's task is taken over within ``lease * (1 + 1/LEASE_CHECKS)``.
+LEASE_CHECKS = 3
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

@@ -4,7 +4,7 @@ turn (:class:`RateBudget`), who polls which task and how everyone else learns of
 ``aio88.fleet.Fleet``).
 
 A leaf: the transport and the poller are written against these, and ``import aio88``
-never imports a database driver. The in-process budget is :class:`~aio88._retry.LocalRateBudget`;
+never imports a database driver. The in-process budget is :class:`~aio88._pacing.LocalRateBudget`;
 without a coordinator a poller polls every task it tracks itself.
 """
 
@@ -60,9 +60,12 @@ class TaskLeases(Protocol):
     no I/O; the implementation does its database work in the background.
     """
 
-    def subscribe(
-        self, on_finished: FinishedHandler, on_hint: HintHandler
-    ) -> Callable[[], None]:
+    @property
+    def lease(self) -> float:
+        """How long a lease lasts unless renewed, in seconds."""
+        ...
+
+    def subscribe(self, on_finished: FinishedHandler, on_hint: HintHandler) -> Callable[[], None]:
         """Have ``on_finished`` called when any process writes a tracked task's end, and
         ``on_hint`` when any process receives a callback for one. Returns the function
         that unsubscribes (the poller calls it when it closes)."""
@@ -103,9 +106,7 @@ class TaskLeases(Protocol):
 class Coordinator(Protocol):
     """What ``Client(fleet=...)`` takes: a shared rate budget and task leases."""
 
-    def rate_budget(
-        self, name: str, rate: float | None, clock: Callable[[], float]
-    ) -> RateBudget:
+    def rate_budget(self, name: str, rate: float | None, clock: Callable[[], float]) -> RateBudget:
         """The budget every process's requests under ``name`` share: ``rate`` per second
         fleet-wide plus one burst of ``rate``; ``None``: only the shared 429 pause.
 

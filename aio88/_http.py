@@ -24,12 +24,14 @@ from yarl import URL
 
 from ._body import Body, read_limited
 from ._config import ERROR_BODY_LIMIT, MAX_REDIRECTS, RetryPolicy, Timeouts
+from ._coordination import RateBudget
 from ._errors import APIConnectionError, make_status_error, request_id_from
 from ._failures import FINAL_ERRORS, TRANSPORT_ERRORS, translate
 from ._headers import build_headers, check_headers
 from ._models import redact_url
+from ._pacing import LocalRateBudget
 from ._proxies import DIRECT, Proxies, ProxyChoice, ProxySetting
-from ._retry import AdaptiveRate, backoff_delay, parse_retry_after, retry_delay, should_retry
+from ._retry import backoff_delay, parse_retry_after, retry_delay, should_retry
 from ._sending import SendMark, current_mark
 from ._sessions import SSLSetting, close_now, make_sessions
 from ._version import __version__
@@ -102,6 +104,7 @@ class Transport:
         ssl: SSLSetting = None,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rate_budget: RateBudget | None = None,
     ) -> None:
         check_headers(headers or {}, api_key)
         self.base_url = base_url
@@ -110,7 +113,10 @@ class Transport:
         self.timeouts = timeouts
         self.max_connections = max_connections
         self.clock = clock
-        self.rate = AdaptiveRate(rate_limit, now=clock())
+        #: Where every request takes its turn: this client's own bucket, or a fleet's.
+        self.rate: RateBudget = (
+            LocalRateBudget(rate_limit, clock) if rate_budget is None else rate_budget
+        )
         self.session: aiohttp.ClientSession | None = None
         self._create_session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -149,7 +155,7 @@ class Transport:
         #: 429 answers seen.
         self.rate_limited = 0
         #: New congestion signals from 429s without ``Retry-After`` (the server said to slow
-        #: down, not how much): one per window, as :class:`AdaptiveRate` judges them. A
+        #: down, not how much): one per window, as the rate budget judges them. A
         #: poller halves its concurrency once per signal.
         self.congestion_signals = 0
         #: Retries made.
@@ -244,10 +250,7 @@ class Transport:
     async def _wait_turn(self) -> None:
         """Take a token from the shared rate budget, sleeping if none is free, and past
         any pause a 429 asked for, also one that came while this request slept."""
-        delay = self.rate.reserve(self.clock())
-        while delay > 0:
-            await anyio.sleep(delay)
-            delay = self.rate.paused_until - self.clock()
+        await self.rate.wait_turn()
 
     def _on_429(self, retry_after: float | None, sent_at: float) -> float:
         """Slow the whole client after a 429 for a request sent at ``sent_at``; return
@@ -258,7 +261,7 @@ class Transport:
         if pause is None:
             pause = backoff_delay(self._consecutive_429, self.retry)
         pause = min(pause, self.retry.retry_after_max)
-        if self.rate.on_rate_limited(self.clock(), pause, sent_at):
+        if self.rate.rate_limited(self.clock(), pause, sent_at):
             self._consecutive_429 += 1
             if retry_after is None:
                 self.congestion_signals += 1
@@ -358,7 +361,7 @@ class Transport:
                     result = await read(resp)
                     if self._consecutive_429 or self.rate.recovering:  # after 429s only
                         self._consecutive_429 = 0
-                        self.rate.on_success(self.clock())
+                        self.rate.succeeded(self.clock())
                     return result
                 try:
                     if status in _REDIRECTS and "Location" in resp.headers:

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from ._body import read_limited
@@ -32,11 +33,13 @@ from ._config import (
     CONGESTION_RECOVERY,
     DEFAULT_POLL_CONCURRENCY,
     DEFAULT_WAIT_TIMEOUT,
+    LEASE_CHECKS,
     POLL_CONCURRENCY_FLOOR,
     POLL_FAIRNESS_STREAK,
     check_timeout,
 )
 from ._congestion import Congestion
+from ._coordination import TaskLeases
 from ._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -51,7 +54,18 @@ from ._errors import (
 )
 from ._fetch import fetch_task
 from ._http import Transport
-from ._models import GenerationTask, Kind, Status, Task, Video, check_id, compact
+from ._models import (
+    GenerationTask,
+    Kind,
+    ResponseShapeError,
+    Status,
+    Task,
+    Video,
+    check_id,
+    compact,
+    decode_generation,
+    decode_video,
+)
 from ._outcome import Outcome, PollerStats
 from ._retry import backoff_delay
 from ._schedule import Schedule, plan_delay
@@ -163,6 +177,9 @@ class Poller:
             server's poll-after hint. A GET through ``transport`` by default; benchmarks
             and tests put an in-memory one here to time the scheduler alone.
         webhooks: What verifies callbacks for :meth:`webhook_handler` (the client's).
+        leases: Share the polling with other processes (``Client(fleet=...)``): a task
+            is polled only while this process holds its lease; the others' waiters hear
+            of its end from the fleet, and this one's of the tasks they poll.
     """
 
     def __init__(
@@ -178,6 +195,7 @@ class Poller:
         on_fatal: Callable[[BaseException], object] | None = None,
         fetch: Fetch | None = None,
         webhooks: Webhooks | None = None,
+        leases: TaskLeases | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -217,11 +235,15 @@ class Poller:
         self._webhooks = webhooks
         # Callbacks for tasks not tracked yet: id -> when forgotten, oldest first.
         self._hinted: OrderedDict[str, float] = OrderedDict()
+        self._leases = leases
+        self._unsubscribe: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Poller:
         self._transport.open()  # on first use; a closed client refuses here, clearly
+        if self._leases is not None:
+            self._unsubscribe = self._leases.subscribe(self._ended_elsewhere, self._deliver)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         for index in range(self.concurrency):
@@ -240,6 +262,12 @@ class Poller:
         # The workers only ever end by this cancellation; whatever the body raised
         # propagates as it is, not wrapped in an ExceptionGroup.
         await tg.__aexit__(None, None, None)
+        if self._leases is not None:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            for task_id in self._tracked:  # let other processes poll what we leave
+                self._leases.untrack(task_id)
         return None
 
     # -- tracking ----------------------------------------------------------------------
@@ -279,6 +307,8 @@ class Poller:
             return entry
         entry = _Tracked(task_id, kind, now, deadline)
         self._tracked[task_id] = entry
+        if self._leases is not None:
+            self._leases.track(task_id, kind)
         if fresh and self._hinted and self._hinted.pop(task_id, -math.inf) > now:
             fresh = False  # its callback came already: it is done, one poll tells how
         self._push(entry, now + self.schedule.first if fresh else now)
@@ -297,6 +327,8 @@ class Poller:
         entry.live = False
         if self._tracked.get(entry.id) is entry:
             del self._tracked[entry.id]
+            if self._leases is not None:
+                self._leases.untrack(entry.id)
 
     # -- callbacks ---------------------------------------------------------------------
 
@@ -309,8 +341,15 @@ class Poller:
         for a task nobody waits on yet costs no request (it does not say which endpoint the
         task lives on); it is remembered for 30 minutes, so a later :meth:`add` of it polls
         at once instead of after ``schedule.first`` (:meth:`wait` always polls at once).
+
+        In a fleet, the event reaches every process: the one polling the task polls it.
         """
-        self._deliver(event.task_id)
+        self._called_back(event.task_id)
+
+    def _called_back(self, task_id: str) -> None:
+        self._deliver(task_id)
+        if self._leases is not None:
+            self._leases.hint(task_id)  # the task's poller may be another process
 
     def _deliver(self, task_id: str) -> None:
         now = self._clock.now()
@@ -369,7 +408,7 @@ class Poller:
             except WebhookVerificationError as exc:
                 log.debug("callback refused: %s", exc)
                 return web.Response(status=400 if exc.malformed else 401)
-            self._deliver(event.task_id)  # bookkeeping only: the poll runs on a worker
+            self._called_back(event.task_id)  # bookkeeping only: the poll runs on a worker
             return web.Response(status=204)
 
         return handle
@@ -554,6 +593,17 @@ class Poller:
                 self._standing_by.discard(scope)
 
     async def _poll(self, entry: _Tracked) -> None:
+        leases = self._leases
+        if (
+            leases is not None
+            and not leases.holds(entry.id)
+            and not await leases.claim(entry.id, entry.kind)
+        ):
+            # Another live process polls it and will tell us its end; try again in a
+            # while, in case that process dies (its lease then runs out).
+            if entry.live:
+                self._push(entry, self._clock.now() + leases.lease / LEASE_CHECKS)
+            return
         transport = self._transport
         limited_before = transport.rate_limited
         self._in_flight += 1
@@ -600,16 +650,36 @@ class Poller:
             task.raw_status != previous.raw_status or progress != previous.progress
         ):
             self._updated(task)
-        if status is Status.SUCCEEDED:
-            self._finish(entry, task, None)
-        elif status is Status.FAILED:
-            self._finish(entry, task, TaskFailedError(task))
+        if status is Status.SUCCEEDED or status is Status.FAILED:
+            if leases is not None:
+                leases.finished(entry.id, entry.kind, msgspec.json.encode(task))
+            error = None if status is Status.SUCCEEDED else TaskFailedError(task)
+            self._finish(entry, task, error)
         elif entry.live:
             compact(task)  # kept until the next poll: worth shrinking (a finished one is not)
             now = self._clock.now()
             self._push(entry, now + plan_delay(self.schedule, entry, now, status, progress, hint))
             if entry.waiters:
                 self._answer_lookers(entry)
+
+    def _ended_elsewhere(self, task_id: str, kind: Kind, task_json: bytes) -> None:
+        """Another process of the fleet saw ``task_id`` end: finish it here with the task
+        it saw (no request of our own)."""
+        entry = self._tracked.get(task_id)
+        if entry is None:
+            return
+        try:
+            task: Task = (
+                decode_video(task_json) if kind == "video" else decode_generation(task_json)
+            )
+        except (msgspec.DecodeError, ResponseShapeError):
+            log.warning("the fleet's record of task %s is unreadable; polling it", task_id)
+            self._deliver(task_id)
+            return
+        status = task.status
+        if status is Status.SUCCEEDED or status is Status.FAILED:
+            self._updated(task)
+            self._finish(entry, task, None if status is Status.SUCCEEDED else TaskFailedError(task))
 
     def _updated(self, task: Task) -> None:
         if log.isEnabledFor(logging.DEBUG):

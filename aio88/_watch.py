@@ -12,7 +12,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,6 +23,10 @@ from ._errors import APIConnectionError, APIStatusError, DownloadError
 from ._models import Kind, Task, check_id
 from ._outcome import Outcome, PollerStats
 from ._poll import Poller, kind_of
+from ._webhooks import CallbackEvent
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["DownloadQueue", "Watch", "open_watch"]
 
@@ -120,6 +124,20 @@ class Watch:
         self._expected -= count
         self.pending -= count
         _deliver(self._send, _WAKE)  # an iteration waiting for them must see the change
+
+    async def deliver(self, event: CallbackEvent) -> None:
+        """Act on a verified callback (``client.webhooks.unwrap(...)``): a watched task is
+        polled now, once, and its outcome comes as any other (a duplicate or late event
+        yields nothing more: each id comes out once). See :meth:`Poller.deliver`."""
+        await self._poller.deliver(event)
+
+    def webhook_handler(
+        self, *, keys: Iterable[str] | None = None, tolerance: float | None = 300
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """An ``aiohttp.web`` handler for the watched tasks' ``callback_url``: it verifies
+        and delivers each callback as :meth:`Poller.webhook_handler` does (413, 401, 400,
+        else 204 at once)."""
+        return self._poller.webhook_handler(keys=keys, tolerance=tolerance)
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return self

@@ -23,7 +23,8 @@ import anyio
 import pytest
 from side_by_side import SideBySide, side_by_side
 
-from aio88._cli._jobs import load_jobs
+from aio88 import Client
+from aio88._cli._jobs import create_job, load_jobs
 from aio88._cli._output import Printer, Tally
 from aio88._ledger import Ledger
 from aio88.testing import Emulator
@@ -345,6 +346,8 @@ MALFORMED = [
     ('{"prompt": "x"}\n{"prompt": "x"}\n', "the same job as line 1"),
     ('{"prompt": "x", "key": 5}\n', '"key" must be a non-empty string'),
     ("\n# only a comment\n", "holds no jobs"),
+    ('{"prompt": "x", "callback_url": "ftp://a/b"}\n', '"callback_url" must be an http'),
+    ('{"prompt": "x", "callback_url": "https:///cb"}\n', "has no host"),
 ]
 
 
@@ -531,3 +534,18 @@ def test_load_jobs_accepts_extras_and_comments(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not UTF-8"):
         (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe")
         load_jobs(tmp_path / "bin.jsonl")
+
+
+async def test_a_jobs_callback_url_goes_with_its_create(tmp_path: Path) -> None:
+    """``callback_url`` on a job line is sent with the create, for both kinds."""
+    jobs = tmp_path / "j.jsonl"
+    jobs.write_text(
+        '{"prompt": "v", "callback_url": "https://backend.example/cb"}\n'
+        '{"kind": "generation", "model": "kling-v1", "prompt": "g", '
+        '"callback_url": "https://backend.example/cb"}\n'
+    )
+    async with Emulator() as emu, Client(emu.api_key, base_url=emu.base_url) as client:
+        for job in load_jobs(jobs):
+            await create_job(client, job)
+        sent = [task.request for task in emu.tasks.values()]
+    assert [r.get("callback_url") for r in sent] == ["https://backend.example/cb"] * 2

@@ -155,7 +155,10 @@ async def test_a_callback_wakes_every_waiter_before_the_fallback_poll() -> None:
     ("tamper", "status"),
     [
         ("forged", 401),
+        ("tampered", 401),
         ("stale", 401),
+        ("future", 401),
+        ("replayed", 401),
         ("unsigned", 401),
         ("oversized", 413),
         ("oversized-chunked", 413),
@@ -180,8 +183,16 @@ async def test_refused_callbacks_poll_nothing(tamper: str, status: int) -> None:
                 if tamper == "forged":
                     body, headers = callback(task_id, key="sk-someoneelse")
                     data = body
+                elif tamper == "tampered":  # signed, then changed on the way
+                    data = body.replace(b"completed", b"failed")
                 elif tamper == "stale":
                     body, headers = callback(task_id, stamp=int(time.time()) - 301)
+                    data = body
+                elif tamper == "future":
+                    body, headers = callback(task_id, stamp=int(time.time()) + 301)
+                    data = body
+                elif tamper == "replayed":  # a genuine request captured an hour ago, resent
+                    body, headers = callback(task_id, stamp=int(time.time()) - 3600)
                     data = body
                 elif tamper == "unsigned":
                     del headers["X-NewAPI-Signature"]
@@ -227,6 +238,35 @@ async def test_a_duplicate_callback_gives_no_second_outcome() -> None:
             await settle(poller.stats, clock)
     assert [(o.id, o.ok) for o in outcomes] == [(task_id, True)]
     assert emu.count("GET") == 1
+
+
+async def test_a_watch_takes_callbacks_and_yields_each_task_once() -> None:
+    clock = WatchedClock()
+    async with Emulator(clock=clock, duration=None) as emu:
+        ids = [emu.add_task() for _ in range(3)]
+        async with (
+            Client(KEY, base_url=emu.base_url) as client,
+            client.watch([], schedule=Schedule.fallback(), clock=clock) as outcomes,
+        ):
+            outcomes.add(ids, fresh=True)
+            app = web.Application()
+            app.router.add_post("/callback", outcomes.webhook_handler())
+            async with TestClient(TestServer(app)) as http:
+                for task_id in ids:
+                    emu.complete(task_id)
+                    body, headers = callback(task_id)
+                    for _ in range(2):  # each delivered twice, as a retrying server does
+                        response = await http.post("/callback", data=body, headers=headers)
+                        assert response.status == 204
+                await outcomes.deliver(event_for(ids[0]))  # and one late, by hand
+                seen: list[str] = []
+                with anyio.fail_after(10):
+                    async for outcome in outcomes:  # the clock never moves
+                        assert outcome.ok
+                        seen.append(outcome.id)
+    assert sorted(seen) == sorted(ids)
+    assert emu.count("GET") == 3  # one poll per task, none for the duplicates
+    assert clock.now() == 0
 
 
 async def test_a_lost_callback_is_caught_by_the_fallback_poll() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._client import Client
 from .._ledger import Job
@@ -14,7 +15,15 @@ from .._models import GenerationTask, Video
 from ..testing._arguments import UsageError
 
 #: Fields a job line may carry for each kind; anything else goes as ``extra_body``.
-_VIDEO_FIELDS = {"model", "prompt", "seconds", "size", "input_reference", "metadata"}
+_VIDEO_FIELDS = {
+    "model",
+    "prompt",
+    "seconds",
+    "size",
+    "input_reference",
+    "metadata",
+    "callback_url",
+}
 _GENERATION_FIELDS = {
     "model",
     "prompt",
@@ -70,6 +79,8 @@ def load_jobs(path: Path) -> list[Job]:
                 f'{where}: the same job as line {keys[key]}; give each a distinct "key" '
                 "if you mean to create both"
             )
+        if "callback_url" in fields:
+            _check_callback_url(fields["callback_url"], where)
         if "input_reference" in fields:
             fields["input_reference"] = _reference_path(fields["input_reference"], path, where)
         keys[key] = number
@@ -90,6 +101,17 @@ def _reference_path(value: object, jobs_file: Path, where: str) -> str:
     if not reference.is_file() or not os.access(reference, os.R_OK):
         raise UsageError(f"{where}: input_reference {reference} is not a readable file")
     return str(reference)
+
+
+def _check_callback_url(value: object, where: str) -> None:
+    """A job's ``callback_url`` must be an absolute http(s) URL: the gateway posts to it,
+    and a typo found after the create has been paid for cannot be mended."""
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise UsageError(
+            f'{where}: "callback_url" must be an http:// or https:// URL, not {value!r}'
+        )
+    if not urlsplit(value).hostname:
+        raise UsageError(f'{where}: "callback_url" {value!r} has no host')
 
 
 def _create_kwargs(job: Job) -> dict[str, Any]:

@@ -3,6 +3,13 @@
     POST /jobs {"prompt": "..."}   -> 201 {"id": ...}        create a video job
     GET  /jobs/{id}?timeout=600    -> 200 {"status": ...}    wait for it, without blocking
     GET  /jobs/{id}/video          -> 200 video/mp4          the finished file, streamed
+    POST /88api/callback           -> 204                    88API's signed task callbacks
+
+With ``PUBLIC_URL`` set (the address 88API can reach this app at, e.g.
+``https://videos.example``), every job is created with ``callback_url=PUBLIC_URL +
+"/88api/callback"`` and the poller only polls as a safety net (``Schedule.fallback()``): a
+job costs about one GET instead of a dozen, and waiters learn of its end within a second.
+Expose only that route publicly (docs/webhooks.md).
 
 Every error of the API becomes one answer that tells the caller what to do next (the
 client has already retried whatever was safe to retry; docs/web-backends.md says why):
@@ -25,12 +32,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -49,8 +57,10 @@ from aio88 import (
     PermissionDeniedError,
     Poller,
     RateLimitError,
+    Schedule,
     TaskFailedError,
     WaitTimeoutError,
+    WebhookVerificationError,
     create_fate,
 )
 
@@ -62,11 +72,21 @@ log = logging.getLogger("videos")
 #: has already retried with backoff, so the fault has outlasted a few seconds.
 RETRY_AFTER = 5
 
+#: The most a callback may weigh: 88API's are well under 1 KiB.
+CALLBACK_LIMIT = 64 * 1024
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One client (its connections and rate budget) and one poller, for every request."""
-    async with Client() as client, client.poller(concurrency=64) as poller:
+    """One client (its connections and rate budget) and one poller, for every request.
+
+    With callbacks (``PUBLIC_URL`` set), the poller polls as a safety net only: first a
+    minute after the create, then every three (a lost callback costs minutes, never a job).
+    """
+    public_url = os.environ.get("PUBLIC_URL", "").rstrip("/")
+    app.state.callback_url = f"{public_url}/88api/callback" if public_url else None
+    schedule = Schedule.fallback() if public_url else None
+    async with Client() as client, client.poller(concurrency=64, schedule=schedule) as poller:
         app.state.client = client
         app.state.poller = poller
         yield
@@ -198,7 +218,12 @@ async def create_job(job: JobRequest, request: Request) -> dict[str, Any]:
     """
     client: Client = request.app.state.client
     try:
-        video = await client.videos.create(model="sora-2", prompt=job.prompt, seconds=job.seconds)
+        video = await client.videos.create(
+            model="sora-2",
+            prompt=job.prompt,
+            seconds=job.seconds,
+            callback_url=request.app.state.callback_url,  # None: no callbacks
+        )
     except Aio88Error as exc:
         raise create_failure(exc, job) from exc
     except (ValueError, TypeError) as exc:  # refused before anything was sent
@@ -279,3 +304,29 @@ async def job_video(job_id: str, request: Request) -> StreamingResponse:
     # The length, when the API said, lets the caller tell a whole video from a cut one.
     headers = {"Content-Length": str(body.content_length)} if body.content_length else {}
     return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
+
+
+@app.post("/88api/callback", status_code=204)
+async def task_callback(request: Request) -> Response:
+    """88API's signed callback: verified, then handed to the poller, which polls the task
+    once so that its waiters get the whole task. Answers at once (88API resends what
+    fails, for about 21 minutes, so a refusal here is final for forgeries only).
+
+    The only route to expose publicly; the signature (HMAC with our API key) and its
+    5-minute timestamp window are what make it safe to.
+    """
+    body = bytearray()
+    async for chunk in request.stream():  # capped as it arrives, Content-Length or not
+        body += chunk
+        if len(body) > CALLBACK_LIMIT:
+            return Response(status_code=413)
+    client: Client = request.app.state.client
+    poller: Poller = request.app.state.poller
+    try:
+        event = client.webhooks.unwrap(bytes(body), request.headers)
+    except WebhookVerificationError as exc:
+        # Never logs the body or the key (neither is in the error's text).
+        log.info("callback refused: %s", exc)
+        return Response(status_code=400 if exc.malformed else 401)
+    await poller.deliver(event)  # a hint: the poll runs on the poller's workers
+    return Response(status_code=204)
