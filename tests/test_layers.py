@@ -38,11 +38,13 @@ LAYERS: dict[str, int] = {
     "_billing": 0,
     "_congestion": 0,
     "_webhooks": 0,
+    "_coordination": 0,
     # the transport: aiohttp, auth, pacing, the one retry driver
     "_failures": 1,
     "_sessions": 1,
     "_body": 1,
     "_http": 1,
+    "_pacing": 1,
     # engines: each takes a Transport (and callables), never a Client
     "_fetch": 2,
     "_poll": 2,
