@@ -458,6 +458,11 @@ class Poller:
         the HTTP client went away) leaves the others served; when the last one leaves,
         polling stops unless the task is also watched.
 
+        A task object that has not finished (a create's answer, say) was just seen by the
+        server: its first poll waits for the schedule (``schedule.first``: a minute with
+        :meth:`Schedule.fallback`, where its callback normally ends it with one poll),
+        unless its callback came already. A plain id is polled at once.
+
         Args:
             task_id: The task id, or the task (whose type gives ``kind``).
             kind: ``"generation"`` or ``"video"``; default: from the task, else ``"video"``.
@@ -474,11 +479,12 @@ class Poller:
             AuthenticationError: The key was refused.
         """
         resolved_kind = kind or kind_of(task_id)
+        fresh = not isinstance(task_id, str) and not task_id.status.done
         task_id = check_id(task_id)
         if self._tg is None:
             raise RuntimeError("the poller is not running: use `async with client.poller()`")
         limit = self.timeout if timeout == "default" else check_timeout(timeout)
-        entry = self._track(task_id, resolved_kind, limit, fresh=False)
+        entry = self._track(task_id, resolved_kind, limit, fresh=fresh)
         waiter = _Waiter()
         if entry.waiters is None:
             entry.waiters = []
