@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         bench_decode.table(bench_decode.run(number)),
     )
     tasks = 300 if quick else 2000
+    schedules = bench_schedule.run(tasks)
     section(
         "Polling schedule",
         f"python -m benchmarks.bench_schedule --tasks {tasks}",
-        bench_schedule.table(bench_schedule.run(tasks)),
+        bench_schedule.table(schedules) + "\n\n" + bench_schedule.callbacks_report(schedules),
     )
     sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
     section(

@@ -73,6 +73,9 @@ RUNS: dict[str, list[tuple[str, list[str]]]] = {
         ("bench_schedule", ["--tasks", "20", "--seed", "1", "--json"]),
         ("bench_schedule", ["--tasks", "5"]),
     ],
+    "test_bench_schedule_callbacks": [
+        ("bench_schedule", ["--tasks", "40", "--seed", "1", "--json"])
+    ],
     "test_bench_scale_smoke": [
         ("bench_scale", ["--sizes", "200", "--json"]),
         ("bench_scale", ["--sizes", "50"]),
@@ -132,6 +135,39 @@ async def test_bench_schedule_smoke(outputs: SideBySide) -> None:
     assert {r["model"] for r in results} == {"linear", "curved", "stepped", "none"}
     assert all(r["requests_per_task"] >= 1 and r["mean_delay"] >= 0 for r in results)
     assert "docs tiers" in table and "requests/task" in table
+    assert "callbacks, 20% lost" in table and "fallback bound" in table
+    # Each target printed, met or missed.
+    assert sum(line.startswith(("- met: ", "- MISSED: ")) for line in table.splitlines()) == 4
+
+
+async def test_bench_schedule_callbacks(outputs: SideBySide) -> None:
+    """With callbacks a task costs fewer requests than any polling schedule and is seen
+    sooner than with the docs' tiers; lost callbacks are caught by the fallback polls."""
+    (report,) = await outputs.result("test_bench_schedule_callbacks")
+    results = json.loads(report)
+    polling = [r for r in results if not r["callbacks"]]
+    callbacks = [r for r in results if r["callbacks"]]
+    assert {(r["lost_share"], r["flaky"]) for r in callbacks} == {
+        (0.0, 0.0),
+        (0.0, 0.05),
+        (0.05, 0.0),
+        (0.2, 0.0),
+    }
+    cheapest_poll = min(r["requests_per_task"] for r in polling)
+    docs = {r["model"]: r for r in polling if r["policy"] == "docs tiers"}
+    for r in callbacks:
+        assert r["finished"] == r["tasks"] == 40
+        assert r["requests_per_task"] < cheapest_poll
+        if r["lost_share"] == 0:
+            assert r["lost"] == 0 and r["lost_max_delay"] is None
+            assert r["mean_delay"] < docs[r["model"]]["mean_delay"]
+            # at most the fallback's polls plus one GET per callback
+            assert r["requests_per_task"] <= r["fallback_per_task"] + 1
+        if r["lost"]:
+            assert r["lost_max_delay"] <= r["lost_bound"]
+    # One draw per task decides the loss: the 5 % lost are among the 20 % lost.
+    lost = {r["lost_share"]: r["lost"] for r in callbacks if r["model"] == "linear"}
+    assert lost[0.0] <= lost[0.05] <= lost[0.2]
 
 
 async def test_bench_scale_smoke(outputs: SideBySide) -> None:
