@@ -10,11 +10,23 @@ from pathlib import Path
 
 import anyio
 
-from .._config import DEFAULT_POLL_CONCURRENCY, DEFAULT_WAIT_TIMEOUT, RECONCILE_SETTLE
+from .._config import (
+    DEFAULT_LEASE,
+    DEFAULT_POLL_CONCURRENCY,
+    DEFAULT_WAIT_TIMEOUT,
+    RECONCILE_SETTLE,
+)
 from .._errors import Aio88Error, AuthenticationError, PermissionDeniedError
 from .._ledger import LedgerBusyError
 from .._version import __version__
-from ..testing._arguments import OneLineParser, UsageError, rate, seconds, whole_number
+from ..testing._arguments import (
+    OneLineParser,
+    UsageError,
+    positive_seconds,
+    rate,
+    seconds,
+    whole_number,
+)
 from ._demo import demo
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Printer
 from ._run import ledger_status, run_batch
@@ -71,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each emulated task takes, drawn uniformly (2 10)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--callbacks",
+        action="store_true",
+        help="create the tasks with the callback_url of a receiver on loopback and poll "
+        "only as a fallback; the summary compares the requests with polling alone",
+    )
 
     p = sub.add_parser("run", parents=[output], help="a crash-safe batch from a JSONL file")
     p.add_argument(
@@ -80,7 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
         '{"kind": "video", "model": "sora-2", "prompt": "...", "key": "fox-1"}',
     )
     p.add_argument("--out", help="folder for videos/ and the ledger")
-    p.add_argument("--status", metavar="DIR", help="summarise the ledger in DIR and exit")
+    p.add_argument(
+        "--status",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="summarise the ledger in DIR (or the --ledger batch) and exit",
+    )
+    p.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="a PostgreSQL ledger (postgresql://...) shared by workers on several machines "
+        "(needs aio88[postgres]); default: ledger.sqlite3 in --out",
+    )
+    p.add_argument(
+        "--lease",
+        type=positive_seconds,
+        default=DEFAULT_LEASE,
+        metavar="S",
+        help=f"with --ledger: seconds before a silent worker's tasks are taken over "
+        f"({DEFAULT_LEASE:g})",
+    )
     p.add_argument(
         "--concurrency",
         type=whole_number(1),
@@ -204,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_to_stderr(logging.INFO if args.verbose == 1 else logging.DEBUG)
     try:
         if args.command == "run":
-            if args.status:
-                return ledger_status(Path(args.status), printer, show_all=args.all)
+            if args.status is not None:
+                folder = Path(args.status) if args.status else None
+                return ledger_status(folder, printer, show_all=args.all, dsn=args.ledger)
             if not args.jobs or not args.out:
                 raise UsageError("aio88 run needs JOBS.jsonl and --out DIR (or --status DIR)")
         return int(anyio.run(COMMANDS[args.command], args, printer))

@@ -14,15 +14,19 @@ plugin registers itself when aio88 is installed). Start one by hand with
 ``aio88 emulator --port 8088 --dialect newapi`` (or ``python -m aio88.testing ...``).
 """
 
+from ._callbacks import CallbackDelivery
 from ._clock import ManualClock
 from ._emulator import Emulator
-from ._faults import FaultKind, Faults
+from ._faults import CallbackFault, CallbackFaults, FaultKind, Faults
 from ._lifecycle import EmulatedTask
 from ._requests import LoggedRequest
 from ._stats import EmulatorStats
 from ._wire import Dialect
 
 __all__ = [
+    "CallbackDelivery",
+    "CallbackFault",
+    "CallbackFaults",
     "Dialect",
     "EmulatedTask",
     "Emulator",

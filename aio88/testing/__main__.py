@@ -1,7 +1,8 @@
 """The emulator's command line: ``aio88 emulator --port 8088 --dialect newapi`` (or
 ``python -m aio88.testing ...``).
 
-It prints how to connect, then (with ``--log``) one line per request on stdout, and
+It prints how to connect, then (with ``--log``) one line per request and per callback
+attempt on stdout, and
 serves until Ctrl-C or SIGTERM, which end it with exit code 0: stopping is how a server's
 run ends, not an interruption. Mistakes (a bad flag, a busy port) are one line on stderr
 and exit code 2, as everywhere in the ``aio88`` command.
@@ -30,8 +31,9 @@ from ._arguments import (
     seconds,
     whole_number,
 )
+from ._callbacks import CallbackDelivery
 from ._emulator import Emulator
-from ._faults import Faults
+from ._faults import CallbackFaults, Faults
 from ._requests import LoggedRequest
 from ._stats import STATS_PATH
 
@@ -86,6 +88,43 @@ def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
     parser.add_argument("--truncate-rate", type=rate, default=0.0, help="share of bodies cut")
     parser.add_argument("--latency", type=seconds, default=0.0, help="seconds added per answer")
     parser.add_argument("--content-size", type=whole_number(1), default=None, help="serve N bytes")
+    hooks = parser.add_argument_group(
+        "signed callbacks",
+        "a task created with a loopback callback_url gets a signed POST there when it ends; "
+        "these faults are drawn per event",
+    )
+    hooks.add_argument("--callback-loss", type=rate, default=0.0, help="share of events never sent")
+    hooks.add_argument(
+        "--callback-duplicate", type=rate, default=0.0, help="share of events sent twice"
+    )
+    hooks.add_argument(
+        "--callback-delay-rate", type=rate, default=0.0, help="share of events sent late"
+    )
+    hooks.add_argument(
+        "--callback-delay", type=seconds, default=60.0, help="seconds they are late (60)"
+    )
+    hooks.add_argument(
+        "--callback-reorder",
+        type=rate,
+        default=0.0,
+        help="share of events held until a later one is sent",
+    )
+    hooks.add_argument(
+        "--callback-hold", type=seconds, default=60.0, help="most seconds one is held (60)"
+    )
+    hooks.add_argument(
+        "--callback-wrong-signature",
+        type=rate,
+        default=0.0,
+        help="share of events signed with a wrong key",
+    )
+    hooks.add_argument(
+        "--callback-time-scale",
+        type=positive_seconds,
+        default=1.0,
+        metavar="X",
+        help="multiply the callbacks' waits (retries from 10 s, delays, holds) by X (1)",
+    )
     parser.add_argument(
         "--any-id", action="store_true", help="answer unknown ids as finished tasks (load tests)"
     )
@@ -172,6 +211,33 @@ class Output:
         clock = time.strftime("%H:%M:%S")
         self._line(f"{clock} {entry.method} {entry.path} {status}{fault} {ms:g}ms")
 
+    def callback(self, delivery: CallbackDelivery) -> None:
+        """One callback attempt answered, or one event lost (``--log``)."""
+        if self.json:
+            self._json(
+                event="callback",
+                time=round(time.time(), 3),
+                type=delivery.event,
+                task_id=delivery.task_id,
+                url=delivery.url,
+                attempt=delivery.attempt,
+                status=delivery.status,
+                faults=list(delivery.faults),
+                ms=round((delivery.elapsed or 0.0) * 1000, 1),
+            )
+            return
+        clock = time.strftime("%H:%M:%S")
+        faults = f" fault={','.join(delivery.faults)}" if delivery.faults else ""
+        if not delivery.sent:
+            why = "lost" if delivery.faults else "skipped (not loopback)"
+            self._line(f"{clock} CALLBACK {delivery.event} {delivery.task_id} {why}{faults}")
+            return
+        status = str(delivery.status) if delivery.status else f"failed ({delivery.error})"
+        self._line(
+            f"{clock} CALLBACK {delivery.event} {delivery.task_id} -> {delivery.url} "
+            f"{status} attempt {delivery.attempt}{faults}"
+        )
+
     def error(self, message: str, code: int = EXIT_USAGE) -> int:
         """A fatal error: one line on stderr, and with ``--json`` an ``error`` event on
         stdout too. Returns ``code``."""
@@ -208,6 +274,19 @@ def _user_id(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
     return int(text)
+
+
+def callback_faults(args: argparse.Namespace) -> CallbackFaults:
+    """The callback faults the command line asks for."""
+    return CallbackFaults(
+        loss_rate=args.callback_loss,
+        duplicate_rate=args.callback_duplicate,
+        delay_rate=args.callback_delay_rate,
+        delay=args.callback_delay,
+        reorder_rate=args.callback_reorder,
+        hold=args.callback_hold,
+        wrong_signature_rate=args.callback_wrong_signature,
+    )
 
 
 def _bind_error(exc: OSError, host: str, port: int) -> str:
@@ -256,6 +335,9 @@ async def serve(args: argparse.Namespace, output: Output) -> None:
         content_size=args.content_size,
         any_id=args.any_id,
         on_answer=output.request if args.log else None,
+        callback_faults=callback_faults(args),
+        callback_time_scale=args.callback_time_scale,
+        on_callback=output.callback if args.log else None,
     )
     try:
         try:

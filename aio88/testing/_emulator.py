@@ -2,8 +2,9 @@
 request log, and the controls a test drives it with.
 
 Each dialect's bodies come from :mod:`._wire` (whose docstring tells the two apart), the
-tasks from :mod:`._lifecycle`, the faults from :mod:`._faults` and the video from
-:mod:`._content`; none of them imports the client.
+tasks from :mod:`._lifecycle`, the faults from :mod:`._faults`, the video from
+:mod:`._content` and the signed callbacks from :mod:`._callbacks`; none of them imports
+the client.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ from typing import Any, Literal
 from aiohttp import web
 
 from . import _wire as wire
+from ._callbacks import (
+    CallbackDelivery,
+    CallbackSender,
+    InvalidCallbackURL,
+    check_callback_url,
+    event_body,
+)
 from ._content import ConnectionCut, Content, drop, etag_for, send_content, send_truncated
 from ._dashboard import DASHBOARD_PREFIX, TASK_LIST_PATH, dashboard_refusal, task_item, task_list
-from ._faults import FaultKind, FaultPicker, Faults, ScriptedFault
-from ._lifecycle import EmulatedTask, Kind, TaskMaker
+from ._faults import CallbackFaults, FaultKind, FaultPicker, Faults, ScriptedFault
+from ._lifecycle import EmulatedTask, Kind, Phase, TaskMaker
 from ._requests import CreateRequest, LoggedRequest, authorized, log_entry, read_create
 from ._stats import STATS_PATH, Counters, EmulatorStats
 from ._wire import Answer, Dialect, Moment
@@ -91,6 +99,20 @@ class Emulator:
         user_id: The dashboard user every task belongs to (``New-Api-User``).
         on_answer: Called with each request's :class:`LoggedRequest` once it is answered
             (or dropped), on the emulator's loop: ``aio88 emulator --log`` prints them.
+        callback_faults: Random faults of the signed callbacks it sends to a task's
+            ``callback_url`` (:class:`CallbackFaults`).
+        callback_time_scale: Multiplies the callbacks' waits (the retries' 10 s doubling,
+            a delayed or held event's wait): ``0.01`` makes the first retry come after
+            0.1 s. The waits run on ``clock``, so a manual clock needs ``advance``.
+        on_callback: Called with each callback attempt's :class:`CallbackDelivery` once it
+            is answered (and with each lost event), on the emulator's loop.
+
+    A task created with ``callback_url`` (JSON, multipart or remix) gets a signed ``POST``
+    of its event there when it ends, by its own timeline or by ``complete``/``fail``, as
+    88API's server sends it (``docs/webhooks.md``). Only loopback URLs are called: any
+    other is accepted (as the server accepts it) and its event logged as skipped; a URL
+    that is not ``http(s)`` or is too long is refused with 400 ``invalid_callback_url``.
+    See ``emu.callbacks``.
     """
 
     def __init__(
@@ -115,9 +137,14 @@ class Emulator:
         dashboard_token: str = "dash-test",  # noqa: S107 - a test double's fixed token
         user_id: int = 1,
         on_answer: Callable[[LoggedRequest], None] | None = None,
+        callback_faults: CallbackFaults | None = None,
+        callback_time_scale: float = 1.0,
+        on_callback: Callable[[CallbackDelivery], None] | None = None,
     ) -> None:
         if dialect not in ("docs", "newapi"):
             raise ValueError(f"dialect must be 'docs' or 'newapi', got {dialect!r}")
+        if not callback_time_scale > 0:
+            raise ValueError("callback_time_scale must be more than 0")
         if duration is not None and not 0 < duration[0] <= duration[1]:
             raise ValueError("duration must be (low, high) with 0 < low <= high")
         self.api_key = api_key
@@ -141,6 +168,17 @@ class Emulator:
         self.on_answer = on_answer
         """Called with each request's log entry once it is answered (or dropped)."""
         self._content = Content(content, content_size, seed)
+        self.callback_faults = callback_faults or CallbackFaults()
+        """The callbacks' fault rates; change them while it runs."""
+        self._callbacks = CallbackSender(
+            clock=self.clock,
+            api_key=lambda: self.api_key,
+            faults=lambda: self.callback_faults,
+            make_event=self._callback_event,
+            seed=seed,
+            time_scale=callback_time_scale,
+            on_delivery=on_callback,
+        )
 
         self.tasks: dict[str, EmulatedTask] = {}
         """Every task, by id."""
@@ -212,7 +250,9 @@ class Emulator:
         return f"http://{host}:{bound_port}"
 
     async def aclose(self) -> None:
-        """Stop serving. Safe to call twice."""
+        """Stop serving, and sending callbacks (those waiting or in flight are dropped).
+        Safe to call twice."""
+        await self._callbacks.aclose()
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
@@ -244,21 +284,25 @@ class Emulator:
         return task.id
 
     def complete(self, task_id: str) -> None:
-        """Finish a task successfully, now."""
+        """Finish a task successfully, now (its callback, if any, goes out)."""
         self.tasks[task_id].forced = "succeeded"
+        self._callbacks.poke()
 
     def fail(self, task_id: str, message: str | None = None) -> None:
-        """Fail a task, now, with ``message`` as the reason."""
+        """Fail a task, now, with ``message`` as the reason (its callback, if any, goes
+        out)."""
         task = self.tasks[task_id]
         task.forced = "failed"
         if message is not None:
             task.fail_message = message
+        self._callbacks.poke()
 
     def set_progress(self, task_id: str, progress: int) -> None:
         """Hold a task in progress at ``progress`` percent."""
         task = self.tasks[task_id]
         task.forced = "in_progress"
         task.forced_progress = progress
+        self._callbacks.poke()
 
     def inject(
         self,
@@ -300,9 +344,15 @@ class Emulator:
         self.requests.clear()
         self.max_in_flight = self.in_flight
 
+    @property
+    def callbacks(self) -> list[CallbackDelivery]:
+        """Every callback attempt sent (and every event lost by a fault), in order: what
+        was sent (``body``, ``headers``), when, to where, and the receiver's answer."""
+        return self._callbacks.deliveries
+
     def stats(self) -> EmulatorStats:
-        """The counts since it started: creates, polls, content, faults, tasks by state
-        (what ``GET /__emulator/stats`` serves as JSON)."""
+        """The counts since it started: creates, polls, content, faults, tasks by state,
+        callbacks (what ``GET /__emulator/stats`` serves as JSON)."""
         now = self.clock()
         return self._counters.snapshot(
             dialect=self.dialect,
@@ -310,6 +360,7 @@ class Emulator:
             phases=[task.phase(now)[0] for task in self.tasks.values()],
             in_flight=self.in_flight,
             max_in_flight=self.max_in_flight,
+            callbacks=self._callbacks.counts(),
         )
 
     async def _stats_route(self, request: web.Request) -> web.Response:
@@ -362,6 +413,23 @@ class Emulator:
 
     def _media_link(self, task: EmulatedTask) -> str:
         return f"{self.media_url}/media/{task.id}.mp4?X-Amz-Expires=3600&X-Amz-Signature=emulated"
+
+    def _callback_event(self, task: EmulatedTask, phase: Phase) -> dict[str, Any]:
+        """The event of a task that has just ended, as the server makes it."""
+        now = self.clock()
+        end = task.finished_at()
+        # Ended by its own timeline: then; driven by hand: now, when it was seen to end.
+        ended = end if task.forced is None and end is not None and end <= now else now
+        return event_body(
+            task_id=task.id,
+            model=task.model,
+            phase=phase,
+            output_url=self._media_link(task) if phase == "succeeded" else None,
+            error=task.fail_message if phase == "failed" else None,
+            created_at=int(self._epoch + task.created),
+            completed_at=int(self._epoch + ended),
+            now=int(self._epoch + now),
+        )
 
     # -- middleware ------------------------------------------------------------------
 
@@ -491,6 +559,19 @@ class Emulator:
         """The create body, or the 400 that refuses it (in this dialect's shape)."""
         read = await read_create(request)
         if isinstance(read, CreateRequest):
+            try:
+                check_callback_url(read.fields.get("callback_url"))
+            except InvalidCallbackURL as exc:
+                return _respond(
+                    wire.error(
+                        self.dialect,
+                        400,
+                        str(exc),
+                        video_route=_is_video_route(request),
+                        code="invalid_callback_url",
+                        param="callback_url",
+                    )
+                )
             return read
         return _respond(
             wire.error(
@@ -541,6 +622,7 @@ class Emulator:
             kind, str(fields.get("model") or default_model), fields["prompt"], fields
         )
         task.files = read.files
+        self._follow(task)
         return self._create_answer(task)
 
     async def _create_generation(self, request: web.Request) -> web.Response:
@@ -558,7 +640,14 @@ class Emulator:
             return read
         task = self._new_task("video", origin.model, read.fields["prompt"], read.fields)
         task.remixed_from = origin.id
+        self._follow(task)
         return self._create_answer(task)
+
+    def _follow(self, task: EmulatedTask) -> None:
+        """Call the task's ``callback_url`` back when it ends (checked at create)."""
+        url = check_callback_url(task.request.get("callback_url"))
+        if url is not None:
+            self._callbacks.follow(task, url)
 
     async def _task_list(self, request: web.Request) -> web.Response:
         """The dashboard's list of the user's tasks (see :mod:`._dashboard`)."""

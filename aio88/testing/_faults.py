@@ -1,4 +1,5 @@
-"""Faults: the random rates, the scripted ones, and the choice of one for each request."""
+"""Faults: the random rates, the scripted ones, and the choice of one for each request;
+and the faults of the signed callbacks the emulator sends (:class:`CallbackFaults`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FaultKind", "FaultPicker", "Faults", "ScriptedFault"]
+__all__ = ["CallbackFault", "CallbackFaults", "FaultKind", "FaultPicker", "Faults", "ScriptedFault"]
 
 FaultKind = Literal["429", "500", "drop", "truncate", "garbage"]
 """What a fault does: answer 429 or 500, close without answering, cut the body, or send
@@ -33,6 +34,40 @@ class Faults:
     """Promise the whole body, send part of it, and close the connection."""
     latency: float = 0.0
     """Seconds added before each API answer. Lowered, it releases the answers waiting."""
+
+
+CallbackFault = Literal["lost", "duplicated", "delayed", "reordered", "wrongly_signed"]
+"""What a callback fault does to one event (see :class:`CallbackFaults`)."""
+
+
+@dataclass
+class CallbackFaults:
+    """Random faults of the signed callbacks the emulator sends, each a probability per
+    event (0 = never), drawn from their own seeded stream when the task ends.
+
+    Change them while the emulator runs. An event may draw several (delayed and
+    duplicated, say); a lost one draws nothing else.
+    """
+
+    loss_rate: float = 0.0
+    """Lost: no attempt of the event is ever sent (the receiver learns nothing)."""
+    duplicate_rate: float = 0.0
+    """Duplicated: once delivered (or given up), the event is sent again from scratch, as
+    a server that missed the first answer does."""
+    delay_rate: float = 0.0
+    """Delayed: the first attempt waits ``delay`` seconds more."""
+    delay: float = 60.0
+    """Seconds a delayed event waits (on the emulator's clock, times its
+    ``callback_time_scale``)."""
+    reorder_rate: float = 0.0
+    """Reordered: the event is held until a later event has been sent (or ``hold``
+    seconds have passed), so it arrives after one that ended later."""
+    hold: float = 60.0
+    """The most seconds a reordered event waits for a later one (on the emulator's clock,
+    times its ``callback_time_scale``)."""
+    wrong_signature_rate: float = 0.0
+    """Wrongly signed: every attempt is signed with a key that is not the caller's, so a
+    receiver that verifies refuses it (and the server retries, in vain)."""
 
 
 @dataclass

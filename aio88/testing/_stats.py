@@ -64,6 +64,13 @@ class EmulatorStats:
     """API requests being answered now."""
     max_in_flight: int
     """The most API requests answered at once (since the last ``reset_log()``)."""
+    callbacks: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Signed callbacks: ``events`` made (tasks with a ``callback_url`` that ended),
+    ``attempts`` POSTed, ``delivered`` (sendings answered 2xx: a duplicated event's two
+    count twice), ``failed_attempts``, ``gave_up`` (sendings dropped after 8 attempts),
+    ``skipped`` (events for a URL off loopback, never sent), ``held`` now (reordered,
+    waiting for a later event), and the faults drawn: ``lost``, ``duplicated``, ``delayed``,
+    ``reordered``, ``wrongly_signed``."""
 
     def as_dict(self) -> dict[str, Any]:
         """The counts as plain JSON-ready data (what the stats route serves)."""
@@ -109,6 +116,7 @@ class Counters:
         phases: list[Phase],
         in_flight: int,
         max_in_flight: int,
+        callbacks: dict[str, int] | None = None,
     ) -> EmulatorStats:
         """The counts now, with every key present (zero when nothing happened)."""
 
@@ -128,4 +136,5 @@ class Counters:
             tasks=every(get_args(Phase), collections.Counter(phases)),
             in_flight=in_flight,
             max_in_flight=max_in_flight,
+            callbacks=dict(callbacks or {}),
         )
