@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -62,11 +63,12 @@ def load_example() -> ModuleType:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Callable[..., Any]) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; its base URL."""
+async def serving(app: Callable[..., Any], sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port (or on ``sock``, bound
+    already, when the app must know its address as it starts); its base URL."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = QuietServer(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     await until(lambda: server.started or task.done())  # uvicorn has a flag, no event
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
@@ -298,3 +300,44 @@ async def test_the_quickstart_demo_says_what_happens(tmp_path: Path, seed: int) 
     assert summary["succeeded"] + summary["unconfirmed"] == summary["tasks"] == 30
     assert len([f async for f in anyio.Path(tmp_path).glob("*.mp4")]) == summary["succeeded"]
     assert code == 1
+
+
+@pytest.mark.aio88_emulator(duration=None)
+async def test_callbacks_end_the_waits_with_one_poll(
+    aio88_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``PUBLIC_URL``, jobs carry a ``callback_url``; the emulator's signed callback
+    reaches the app's route, and one poll ends every waiter (the fallback schedule's
+    next poll is a minute away)."""
+    emu = aio88_emulator
+    point_at(emu, monkeypatch)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setenv("PUBLIC_URL", base)
+        module = load_example()
+        async with serving(module.app, sock), aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/jobs", json={"prompt": "a red fox"}) as resp:
+                assert resp.status == 201
+                job_id = (await resp.json())["id"]
+            assert emu.tasks[job_id].request["callback_url"] == f"{base}/88api/callback"
+
+            async def wait() -> str:
+                async with http.get(f"{base}/jobs/{job_id}", params={"timeout": "60"}) as resp:
+                    assert resp.status == 200
+                    return str((await resp.json())["status"])
+
+            waiters = [asyncio.create_task(wait()) for _ in range(5)]
+            await until(lambda: emu.count("GET", f"/v1/videos/{job_id}") == 1)  # at once
+            emu.complete(job_id)
+            assert await asyncio.gather(*waiters) == ["succeeded"] * 5
+            # A forged callback is refused and polls nothing.
+            async with http.post(
+                f"{base}/88api/callback",
+                data=emu.callbacks[0].body,
+                headers={**emu.callbacks[0].headers, "X-NewAPI-Signature": "sha256=" + "0" * 64},
+            ) as resp:
+                assert resp.status == 401
+    [delivery] = emu.callbacks
+    assert (delivery.task_id, delivery.status) == (job_id, 204)
+    assert emu.count("GET", f"/v1/videos/{job_id}") == 2  # the first look, and the callback's
