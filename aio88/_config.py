@@ -35,8 +35,25 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_DASHBOARD_TOKEN",
+    "ENV_FLEET_URL",
     "ENV_USER_ID",
     "ERROR_BODY_LIMIT",
+    "FLEET_POOL_SIZE",
+    "FLEET_RETENTION",
+    "FLEET_PROCESS_EXPIRY",
+    "FLEET_PRUNE_BEATS",
+    "FLEET_CONNECT_TIMEOUT",
+    "FLEET_CLOSE_TIMEOUT",
+    "FLEET_RECONNECT_MIN",
+    "FLEET_RECONNECT_MAX",
+    "FLEET_LISTEN_CHECK",
+    "FLEET_RATE_BLOCK",
+    "FLEET_RATE_HOLD",
+    "FLEET_PAUSE_REFRESH",
+    "FLEET_SUCCESS_FLUSH",
+    "FLEET_LEASE_MARGIN",
+    "FLEET_BATCH",
+    "FLEET_BATCH_TEND",
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
@@ -131,6 +148,47 @@ DEFAULT_LEASE = 30.0
 #: How often, per lease, a process retries a task another process polls: so that a dead
 #: holder's task is taken over within ``lease * (1 + 1/LEASE_CHECKS)``.
 LEASE_CHECKS = 3
+#: The environment variable ``aio88.fleet.Fleet`` reads its database URL from.
+ENV_FLEET_URL = "AIO88_FLEET_URL"
+#: Connections a fleet's pool keeps per process (one more LISTENs).
+FLEET_POOL_SIZE = 2
+#: How long a fleet keeps a finished task's row, for waiters that come later (seconds).
+FLEET_RETENTION = 24 * 3600.0
+#: A process row silent for this many of its leases is deleted (the process is gone).
+FLEET_PROCESS_EXPIRY = 10
+#: A fleet prunes old rows every this many heartbeats (three per lease), not every one.
+FLEET_PRUNE_BEATS = 10
+#: How long connecting to the fleet's database may take before it counts as unreachable.
+FLEET_CONNECT_TIMEOUT = 10.0
+#: How long a fleet's clean exit (releasing its leases, deleting its row) may take.
+FLEET_CLOSE_TIMEOUT = 5.0
+#: The LISTEN connection's reconnect backoff, first and longest (seconds).
+FLEET_RECONNECT_MIN = 0.1
+FLEET_RECONNECT_MAX = 5.0
+#: How often the LISTEN connection is checked with a query while no notification comes.
+FLEET_LISTEN_CHECK = 5.0
+#: A fleet-wide rate budget hands out tokens in blocks of at most this share of the rate
+#: (only as many as there are waiters): one round trip per block, not per request.
+FLEET_RATE_BLOCK = 0.05
+#: A block's tokens unused this long after their time are dropped. The fleet's bucket
+#: holds ``rate * (1 - FLEET_RATE_HOLD)``, so that tokens used up to this late still keep
+#: any window of T seconds within ``rate * T + rate``.
+FLEET_RATE_HOLD = 0.1
+#: With ``rate_limit=None``, how often a budget in use re-reads the shared 429 pause (for
+#: a notification that was lost with a connection).
+FLEET_PAUSE_REFRESH = 1.0
+#: How often a recovering budget sends its successes to the database (seconds).
+FLEET_SUCCESS_FLUSH = 0.25
+#: The share of a lease a process no longer counts on: it stops believing it holds a lease
+#: at the time it *sent* the claim or renewal plus ``lease * (1 - FLEET_LEASE_MARGIN)``,
+#: before the database (which counts from when it ran the statement) lets another take it.
+FLEET_LEASE_MARGIN = 0.1
+#: Most task ids in one lease statement (claim, renew, release, read): 10,000 ``track()``
+#: calls are two statements.
+FLEET_BATCH = 5000
+#: Seconds between a fleet batch worker's looks at the shared ledger (``aio88 run --ledger``):
+#: taking over a dead worker's tasks, marking its creates unconfirmed, seeing the batch end.
+FLEET_BATCH_TEND = 0.5
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

@@ -27,11 +27,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ._models import Kind
 
-__all__ = ["Job", "JobState", "Ledger", "LedgerBusyError"]
+__all__ = [
+    "Job",
+    "JobState",
+    "Ledger",
+    "LedgerBusyError",
+    "LedgerStore",
+    "SharedLedger",
+    "SqliteStore",
+]
 
 
 class JobState(str, Enum):  # StrEnum needs Python 3.11; aio88 runs on 3.10
@@ -272,3 +280,171 @@ class Ledger:
     def counts(self) -> Counter[str]:
         """How many jobs are in each state."""
         return Counter(dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+
+
+class LedgerStore(Protocol):
+    """What ``aio88 run`` asks of its ledger, whichever keeps it: the SQLite :class:`Ledger`
+    of one run (through :class:`SqliteStore`) or a fleet's PostgreSQL batch, shared by
+    workers on several machines (``aio88.fleet``). Async, because the shared one talks to
+    a server; each call's change is committed when it returns."""
+
+    where: str
+    """Where the ledger lives, for messages (a file's path, or a database's host:port)."""
+
+    async def add_new(self, jobs: list[Job]) -> int:
+        """Record the jobs not yet known (by key) as ``pending``; return how many."""
+        ...
+
+    async def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
+        """(job as the file has it, job as the ledger knows it) for every changed key."""
+        ...
+
+    async def replace_request(self, job: Job) -> None:
+        """Take a job's new request (only for a job not sent yet)."""
+        ...
+
+    async def jobs(self, *states: str) -> list[Job]:
+        """The jobs in any of ``states`` (all when none given), in file order."""
+        ...
+
+    async def set_state(
+        self,
+        key: str,
+        state: JobState | str,
+        *,
+        task_id: str | None = None,
+        error: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Move a job to ``state`` (see :meth:`Ledger.set_state`)."""
+        ...
+
+    async def task_ids(self) -> set[str]:
+        """Every task id the ledger knows."""
+        ...
+
+    async def key_of_task(self, task_id: str) -> str | None:
+        """The job that created ``task_id``."""
+        ...
+
+    async def counts(self) -> Counter[str]:
+        """How many jobs are in each state."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the ledger (and, for SQLite, of the run lock)."""
+        ...
+
+
+class SharedLedger(LedgerStore, Protocol):
+    """A ledger several live workers share: each job is claimed before anyone acts on it.
+
+    A worker claims a ``pending`` job and commits it ``submitting`` (owned by itself) in
+    one statement, *before* its create is sent, and only when a create slot is free: so a
+    worker never holds more ``submitting`` jobs than creates in flight. Its task is then
+    polled and downloaded by the same worker, or, once that worker is dead (no heartbeat
+    within its lease), by the live one that takes it over.
+    """
+
+    worker: str
+    """This worker's id (its fleet process id: ``host:pid:random``)."""
+
+    async def claim(self, skip: set[str]) -> Job | None:
+        """A ``pending`` job (not among ``skip``), now ``submitting`` and owned by this
+        worker; ``None`` when there is none to take now."""
+        ...
+
+    async def reclaim(self, key: str) -> bool:
+        """Commit ``key`` ``submitting`` again for a new try of its create, if it is still
+        ``pending`` (put back when a try provably sent nothing); ``False``: another worker
+        took it meanwhile, and this try must not be sent."""
+        ...
+
+    async def take_over(self) -> list[Job]:
+        """The ``submitted`` jobs of dead workers (and of none), now owned by this worker
+        to poll and download (a job left by a ``--timeout`` is not taken)."""
+        ...
+
+    async def bury(self) -> int:
+        """Dead workers' ``submitting`` jobs become ``unconfirmed`` (their create may
+        have reached the server); return how many."""
+        ...
+
+    async def timed_out(self, key: str) -> None:
+        """This worker gave up waiting for ``key``'s task (``--timeout``): no other worker
+        takes it over in this batch run; a worker started later polls it again."""
+        ...
+
+    async def disown(self, key: str) -> None:
+        """``key`` belongs to nobody now (its file is to be fetched again): the next
+        :meth:`take_over` of any worker takes it."""
+        ...
+
+    async def open_elsewhere(self, skip: set[str]) -> int:
+        """How many jobs may still need this worker: ``pending`` ones (not among
+        ``skip``), ``submitting`` ones, and ``submitted`` ones owned by another worker
+        (live, or dead and not yet taken over). Zero: this worker's part is over."""
+        ...
+
+    async def pending_left(self, skip: set[str]) -> int:
+        """How many jobs are ``pending`` (not among ``skip``)."""
+        ...
+
+
+class SqliteStore:
+    """:class:`LedgerStore` over the SQLite :class:`Ledger` (its calls are quick, local
+    and synchronous: each runs in place, as the run loop always called them)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.where = str(ledger.path)
+
+    async def add_new(self, jobs: list[Job]) -> int:
+        """See :meth:`Ledger.add_new`."""
+        return self.ledger.add_new(jobs)
+
+    async def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
+        """See :meth:`Ledger.edited`."""
+        return self.ledger.edited(jobs)
+
+    async def replace_request(self, job: Job) -> None:
+        """See :meth:`Ledger.replace_request`."""
+        self.ledger.replace_request(job)
+
+    async def jobs(self, *states: str) -> list[Job]:
+        """See :meth:`Ledger.jobs`."""
+        return list(self.ledger.jobs(*states))
+
+    async def set_state(
+        self,
+        key: str,
+        state: JobState | str,
+        *,
+        task_id: str | None = None,
+        error: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """See :meth:`Ledger.set_state`."""
+        self.ledger.set_state(
+            key, state, task_id=task_id, error=error, path=path, size=size, sha256=sha256
+        )
+
+    async def task_ids(self) -> set[str]:
+        """See :meth:`Ledger.task_ids`."""
+        return self.ledger.task_ids()
+
+    async def key_of_task(self, task_id: str) -> str | None:
+        """See :meth:`Ledger.key_of_task`."""
+        return self.ledger.key_of_task(task_id)
+
+    async def counts(self) -> Counter[str]:
+        """See :meth:`Ledger.counts`."""
+        return self.ledger.counts()
+
+    async def close(self) -> None:
+        """See :meth:`Ledger.close`."""
+        self.ledger.close()

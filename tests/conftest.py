@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from postgres import PostgresServer, PostgresUnavailable, find_bindir
 from servers import (
     Nginx,
     RawServerPool,
@@ -41,6 +42,7 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read a developer's real key or base URL."""
     monkeypatch.delenv("AIO88_API_KEY", raising=False)
     monkeypatch.delenv("AIO88_BASE_URL", raising=False)
+    monkeypatch.delenv("AIO88_FLEET_URL", raising=False)
 
 
 #: Run a test once per dialect: ``@BOTH_DIALECTS`` on a test using ``aio88_emulator``.
@@ -230,3 +232,31 @@ def tinyproxy_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyPro
     root = tmp_path_factory.mktemp("tinyproxy-auth")
     with TinyProxy(root, basic_auth=("user", "pass")) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on loopback for the whole session (see
+    :class:`postgres.PostgresServer`); the test skips when no server programs can be had.
+
+    Its start-up (seconds; minutes if it installs the package first) is not counted in
+    any test's timeout: pyproject's ``timeout_func_only`` times the test function only."""
+    pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
+    try:
+        bindir = find_bindir()
+    except PostgresUnavailable as missing:
+        pytest.skip(str(missing))
+    with PostgresServer(bindir) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database (``t_<n>``) in :func:`postgres_server`, as the
+    superuser without a password; dropped after the test. (A plain fixture: sync and
+    async tests may use it.)"""
+    name = postgres_server.new_database_name()
+    postgres_server.sql(f'CREATE DATABASE "{name}"')
+    yield postgres_server.dsn(name)
+    # FORCE: a test that failed may have left connections open
+    postgres_server.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

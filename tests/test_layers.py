@@ -64,6 +64,9 @@ LAYERS: dict[str, int] = {
     # the test kit (the emulator, which the demo runs), a subpackage beside the CLI; its
     # pytest plugin hands out a ready Client
     "testing": 5,
+    # the fleet (PostgreSQL): implements the leaf protocols of _coordination; never
+    # imported by the package's front, and importing nothing above the leaves
+    "fleet": 5,
 }
 LEAVES = 0
 

@@ -7,11 +7,13 @@ import os
 
 from .._client import Client
 from .._config import ENV_API_KEY
+from .._coordination import Coordinator
 from ..testing._arguments import UsageError
 
 
-def api_client(*, rate_limit: float | None = None) -> Client:
-    """A :class:`Client` from ``AIO88_API_KEY`` and ``AIO88_BASE_URL``.
+def api_client(*, rate_limit: float | None = None, fleet: Coordinator | None = None) -> Client:
+    """A :class:`Client` from ``AIO88_API_KEY`` and ``AIO88_BASE_URL`` (sharing ``fleet``'s
+    rate budget and task leases, when given).
 
     Raises:
         UsageError: No key is set (before anything is sent).
@@ -21,4 +23,4 @@ def api_client(*, rate_limit: float | None = None) -> Client:
             f"no API key: set {ENV_API_KEY} (and AIO88_BASE_URL for another server than "
             "https://88api.ai)"
         )
-    return Client(rate_limit=rate_limit)
+    return Client(rate_limit=rate_limit, fleet=fleet)

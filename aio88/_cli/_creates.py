@@ -12,14 +12,14 @@ not sent are called off, and those sent get a few seconds to answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import anyio
 
 from .._billing import create_fate
 from .._client import Client
-from .._config import CREATE_RESENDS, SETUP_PROBES, RetryPolicy
+from .._config import CREATE_RESENDS, FLEET_BATCH_TEND, SETUP_PROBES, RetryPolicy
 from .._errors import (
     Aio88Error,
     APIConnectionError,
@@ -27,7 +27,7 @@ from .._errors import (
     AuthenticationError,
     PermissionDeniedError,
 )
-from .._ledger import Job, Ledger
+from .._ledger import Job, LedgerStore, SharedLedger
 from .._models import GenerationTask, Video
 from .._retry import backoff_delay
 from .._sending import SendMark, marking
@@ -51,24 +51,30 @@ class Creates:
         on_given_up: Called once for each job that will not become a task in this run,
             with the state it is left in.
         concurrency: Creates in flight at most.
+        shared: The ledger again, when workers share it (a fleet): jobs are then claimed
+            one by one (:meth:`run_claimed`) and a new try of a create must claim its
+            job again.
     """
 
     def __init__(
         self,
         client: Client,
-        ledger: Ledger,
+        ledger: LedgerStore,
         printer: Printer,
         *,
         on_created: Callable[[Job, GenerationTask | Video], None],
         on_given_up: Callable[[Job, str], None],
         concurrency: int,
+        shared: SharedLedger | None = None,
     ) -> None:
         self._client = client
         self._ledger = ledger
+        self._shared = shared
         self._printer = printer
         self._on_created = on_created
         self._on_given_up = on_given_up
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self._slots = anyio.Semaphore(concurrency)
         self._in_flight: dict[str, tuple[anyio.CancelScope, SendMark]] = {}
         self._backoff = RetryPolicy()
         self.stopping = False
@@ -79,6 +85,8 @@ class Creates:
         self._proven = False  # a create succeeded: the key, the URL and the network work
         self._failed_first = 0  # jobs whose create failed, sent, before any succeeded
         self._settled: set[str] = set()  # jobs whose final state is committed
+        self.left_pending: set[str] = set()
+        """Jobs this run gave up as ``pending`` (a shared ledger: not claimed again)."""
         self.settled = anyio.Event()
         """Set when every job of :meth:`run` has settled (created, given up or called off)."""
 
@@ -95,6 +103,50 @@ class Creates:
                     tg.start_soon(self._create, job)
         finally:
             self.settled.set()
+
+    async def run_claimed(self, claim: Callable[[set[str]], Awaitable[Job | None]]) -> None:
+        """Create the jobs of a shared ledger: claim one whenever a create slot is free
+        (the first alone until one succeeds), until no job is left ``pending``."""
+        assert self._shared is not None
+        shared = self._shared
+        try:
+            while not self._proven and not self.stopping:
+                job = await claim(self.left_pending)
+                if job is None:
+                    if not await shared.pending_left(self.left_pending):
+                        return
+                    await anyio.sleep(FLEET_BATCH_TEND)  # held by a try of another worker
+                    continue
+                await self._create(job)
+            async with anyio.create_task_group() as tg:
+                while not self.stopping:
+                    # The slot first, then the claim: a job is ``submitting`` only while
+                    # a create of this worker is on its way.
+                    await self._slots.acquire()
+                    try:
+                        job = None if self._stopped() else await claim(self.left_pending)
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    if job is not None:
+                        tg.start_soon(self._create_in_slot, job)
+                        continue
+                    self._slots.release()
+                    if self._stopped() or not await shared.pending_left(self.left_pending):
+                        break
+                    await anyio.sleep(FLEET_BATCH_TEND)
+        finally:
+            self.settled.set()
+
+    def _stopped(self) -> bool:
+        # A method, not the attribute: a Ctrl-C may set it while this task awaits.
+        return self.stopping
+
+    async def _create_in_slot(self, job: Job) -> None:
+        try:
+            await self._create(job)
+        finally:
+            self._slots.release()
 
     def stop(self, grace: float) -> None:
         """Send nothing more. Creates not sent yet are called off (their jobs stay
@@ -120,6 +172,8 @@ class Creates:
             before_write=partial(self._before_write, job),
             not_taken=partial(self._set, job, "pending"),
         )
+        # Claimed from a shared ledger: committed ``submitting`` already, by the claim.
+        mark.committed = job.state == "submitting"
         try:
             with anyio.CancelScope() as scope:
                 self._in_flight[job.key] = (scope, mark)
@@ -129,13 +183,19 @@ class Creates:
             # the ledger says must match what may have reached the server.
             del self._in_flight[job.key]
             if job.key not in self._settled:
-                self._call_off(job, mark)
+                # Shielded: a cancelled run must still leave the ledger true.
+                with anyio.CancelScope(shield=True):
+                    await self._call_off(job, mark)
 
     async def _before_write(self, job: Job) -> None:
         if self.stopping:
             # A retry or redirect of a create after Ctrl-C: nothing of it goes out.
             raise _CalledOff
-        self._set_now(job, "submitting", None)
+        if self._shared is not None:
+            if not await self._shared.reclaim(job.key):
+                raise _CalledOff  # put back, and taken by another worker since
+            return
+        await self._set_now(job, "submitting", None)
 
     async def _send(self, job: Job, mark: SendMark) -> None:
         """Send ``job``'s create until it settles, or until the run stops."""
@@ -151,13 +211,13 @@ class Creates:
                 except _CalledOff:
                     return
                 except (AuthenticationError, PermissionDeniedError) as exc:
-                    self._end_run(job, exc)  # refused: nothing billed
+                    await self._end_run(job, exc)  # refused: nothing billed
                     return
                 except (Aio88Error, ValueError, TypeError, OSError) as exc:
                     # ValueError, TypeError, OSError: local (a reference image unreadable
                     # now), so normally nothing was sent; the mark says for sure.
                     if (fatal := self._fatal(exc, mark)) is not None:
-                        self._end_run(job, fatal)
+                        await self._end_run(job, fatal)
                         return
                     fate = create_fate(exc, sent=mark.sent)
                     if fate.state == "not_created" and attempt < CREATE_RESENDS and mark.sent:
@@ -166,10 +226,11 @@ class Creates:
                         self._printer.detail("resend", key=job.key, error=fate.why)
                         continue
                     state = "pending" if fate.state == "not_created" else fate.state
-                    self._give_up(job, state, fate.why, mark.sent)
+                    await self._give_up(job, state, fate.why, mark.sent)
                     return
             # Committed at once: from here on a crash leaves a task to poll, not to guess.
-            self._ledger.set_state(job.key, "submitted", task_id=task.id)
+            with anyio.CancelScope(shield=True):  # the task exists: it must be recorded
+                await self._ledger.set_state(job.key, "submitted", task_id=task.id)
             self._settled.add(job.key)
             self._proven = True
             self._printer.detail("created", key=job.key, id=task.id)
@@ -200,17 +261,20 @@ class Creates:
             )
         return None
 
-    def _end_run(self, job: Job, why: Exception) -> None:
+    async def _end_run(self, job: Job, why: Exception) -> None:
         """Stop the run for ``why``; ``job`` stays pending (nothing of it was billed)."""
-        self._set_now(job, "pending", None)
+        await self._set_now(job, "pending", None)
         self._settled.add(job.key)
+        self.left_pending.add(job.key)
         self.fatal = self.fatal or why
         self.stopping = True
         self._on_given_up(job, "pending")
 
-    def _give_up(self, job: Job, state: str, why: str, sent: bool) -> None:
-        self._set_now(job, state, why)
+    async def _give_up(self, job: Job, state: str, why: str, sent: bool) -> None:
+        await self._set_now(job, state, why)
         self._settled.add(job.key)
+        if state == "pending":
+            self.left_pending.add(job.key)
         self._printer.problem(state, key=job.key, line=job.line, error=why)
         self._on_given_up(job, state)
         if sent and not self._proven:
@@ -225,10 +289,10 @@ class Creates:
                 )
                 self.stopping = True
 
-    def _call_off(self, job: Job, mark: SendMark) -> None:
+    async def _call_off(self, job: Job, mark: SendMark) -> None:
         """The create stopped before it settled (a Ctrl-C): sent or not decides."""
         if mark.sent:
-            self._set_now(job, "unconfirmed", "the run stopped before its answer came")
+            await self._set_now(job, "unconfirmed", "the run stopped before its answer came")
             self._printer.problem(
                 "unconfirmed",
                 key=job.key,
@@ -238,11 +302,12 @@ class Creates:
             self._on_given_up(job, "unconfirmed")
             return
         if mark.committed:
-            self._set_now(job, "pending", None)
+            await self._set_now(job, "pending", None)
+        self.left_pending.add(job.key)
         self._on_given_up(job, "pending")
 
     async def _set(self, job: Job, state: str) -> None:
-        self._set_now(job, state, None)
+        await self._set_now(job, state, None)
 
-    def _set_now(self, job: Job, state: str, why: str | None) -> None:
-        self._ledger.set_state(job.key, state, error=why)
+    async def _set_now(self, job: Job, state: str, why: str | None) -> None:
+        await self._ledger.set_state(job.key, state, error=why)

@@ -43,7 +43,7 @@ from .._dashboard import (
 )
 from .._errors import Aio88Error, APIStatusError, AuthenticationError, PermissionDeniedError
 from .._http import Transport, api_deadline
-from .._ledger import Job, Ledger
+from .._ledger import Job, Ledger, LedgerStore, SqliteStore
 from ..testing._arguments import UsageError
 from ..testing._arguments import seconds as settle_seconds
 from ._output import Printer
@@ -329,7 +329,12 @@ def decide(
 
 
 async def reconcile(
-    ledger: Ledger, base_url: str, credentials: tuple[str, str], printer: Printer, *, settle: float
+    ledger: LedgerStore | Ledger,
+    base_url: str,
+    credentials: tuple[str, str],
+    printer: Printer,
+    *,
+    settle: float,
 ) -> Counter[Verdict]:
     """Settle the ledger's ``unconfirmed`` jobs from the dashboard's task list (committing
     each decision) and return how many went each way.
@@ -338,7 +343,9 @@ async def reconcile(
         UsageError: The dashboard refused the credentials, or has no task list there.
         Aio88Error: The list could not be read.
     """
-    jobs = list(ledger.jobs("unconfirmed"))
+    if isinstance(ledger, Ledger):  # the SQLite ledger itself, as a single run has it
+        ledger = SqliteStore(ledger)
+    jobs = await ledger.jobs("unconfirmed")
     if not jobs:
         return Counter()
     now = time.time()
@@ -366,7 +373,7 @@ async def reconcile(
     decisions = decide(
         jobs,
         listing.tasks,
-        ledger.task_ids(),
+        await ledger.task_ids(),
         now,
         settle=settle,
         clock_offset=listing.clock_offset,
@@ -378,13 +385,13 @@ async def reconcile(
         counts[decision.verdict] += 1
         job = by_key[decision.key]
         if decision.verdict == "adopted":
-            ledger.set_state(job.key, "submitted", task_id=decision.task_id)
+            await ledger.set_state(job.key, "submitted", task_id=decision.task_id)
             printer.event("adopted", key=job.key, id=decision.task_id)
         elif decision.verdict == "pending":
-            ledger.set_state(job.key, "pending")
+            await ledger.set_state(job.key, "pending")
             printer.event("not_created", key=job.key, line=job.line)
         else:
-            ledger.set_state(job.key, "unconfirmed", error=decision.why)
+            await ledger.set_state(job.key, "unconfirmed", error=decision.why)
     printer.note(
         f"--reconcile: {counts['adopted']} job(s) adopted their task, {counts['pending']} "
         f"found not created (created now), {counts['unconfirmed']} still unconfirmed"

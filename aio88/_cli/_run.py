@@ -6,17 +6,19 @@ import argparse
 import tempfile
 import time
 from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 
 from .._client import Client
+from .._config import FLEET_BATCH_TEND
 from .._errors import (
     AuthenticationError,
     PermissionDeniedError,
     WaitTimeoutError,
 )
-from .._ledger import Job, Ledger
+from .._ledger import Job, Ledger, LedgerStore, SharedLedger, SqliteStore
 from .._models import GenerationTask, Status, Video
 from .._outcome import Outcome
 from .._partfile import file_facts
@@ -44,7 +46,8 @@ def writable_folder(folder: Path) -> Path:
 
 
 async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
-    """``aio88 run JOBS --out DIR``: create, poll and download, surviving crashes."""
+    """``aio88 run JOBS --out DIR [--ledger URL]``: create, poll and download, surviving
+    crashes; with ``--ledger``, as one of several workers sharing the batch."""
     jobs = load_jobs(Path(args.jobs))
     out = writable_folder(Path(args.out))
     client = api_client(rate_limit=args.rate_limit)  # no key: refused before anything is sent
@@ -55,55 +58,89 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
             "resend what stays unconfirmed if you choose to"
         )
     credentials = dashboard_credentials() if reconciling else None  # before anything is sent
-    ledger = Ledger(out)
+    dsn = getattr(args, "ledger", None)
+    if dsn:
+        # Imported here: asyncpg only for a run that asked for PostgreSQL.
+        from ..fleet import FleetError
+        from ..fleet._batch import open_batch
+
+        async with AsyncExitStack() as stack:
+            try:
+                shared = await stack.enter_async_context(open_batch(dsn, lease=args.lease))
+            except FleetError as exc:
+                raise UsageError(str(exc)) from None
+            # --rate-limit and a 429's pause hold for every worker of the batch together.
+            client = api_client(rate_limit=args.rate_limit, fleet=shared.fleet)
+            return await _run_on(shared, shared, jobs, out, client, args, printer, credentials)
+    store = SqliteStore(Ledger(out))
     try:
-        _check_edits(ledger, jobs, replace=args.replace)
-        added = ledger.add_new(jobs)
-        if added:
-            printer.detail("ledger", new_jobs=added, path=ledger.path)
-        for job in ledger.jobs("submitting"):
+        return await _run_on(store, None, jobs, out, client, args, printer, credentials)
+    finally:
+        await store.close()
+
+
+async def _run_on(
+    ledger: LedgerStore,
+    shared: SharedLedger | None,
+    jobs: list[Job],
+    out: Path,
+    client: Client,
+    args: argparse.Namespace,
+    printer: Printer,
+    credentials: tuple[str, str] | None,
+) -> int:
+    reconciling = credentials is not None
+    await _check_edits(ledger, jobs, replace=args.replace)
+    added = await ledger.add_new(jobs)
+    if added:
+        printer.detail("ledger", new_jobs=added, path=ledger.where)
+    if shared is None:
+        for job in await ledger.jobs("submitting"):
             # A create sent just before a crash: the server may have it, and 88API cannot
             # be asked. Sending it again could bill twice.
-            ledger.set_state(
+            await ledger.set_state(
                 job.key, "unconfirmed", error="the run stopped while this create was in flight"
             )
-        if args.resend_unconfirmed:
-            for job in ledger.jobs("unconfirmed"):
-                ledger.set_state(job.key, "pending")
-        if credentials is not None:
-            # Before any create or poll: an adopted task is then polled like any other,
-            # and a job found not created is created like any pending one.
-            await reconcile(ledger, client.base_url, credentials, printer, settle=args.settle)
-        for job, problem in await _check_files(ledger):
-            # Fetched again through the task (no create): a changed file is kept aside.
-            if problem == "changed" and job.path is not None:
-                await anyio.Path(job.path).replace(job.path + ".changed")
-            ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
-            printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
-        for job in ledger.jobs("unconfirmed"):
-            printer.problem(
-                "unconfirmed",
-                key=job.key,
-                line=job.line,
-                error=job.error
-                if reconciling and job.error
-                else "its create may have reached the server; check the 88API console (or "
-                "rerun with --reconcile), then rerun with --resend-unconfirmed to create it "
-                "again",
-            )
-        async with client:
-            return await _run_jobs(client, ledger, out, args, printer)
-    finally:
-        ledger.close()
+    else:
+        # The same, for workers that died; a live worker's creates are its own business.
+        await shared.bury()
+    if args.resend_unconfirmed:
+        for job in await ledger.jobs("unconfirmed"):
+            await ledger.set_state(job.key, "pending")
+    if credentials is not None:
+        # Before any create or poll: an adopted task is then polled like any other,
+        # and a job found not created is created like any pending one.
+        await reconcile(ledger, client.base_url, credentials, printer, settle=args.settle)
+    for job, problem in await _check_files(ledger, None if shared is None else out):
+        # Fetched again through the task (no create): a changed file is kept aside.
+        if problem == "changed" and job.path is not None:
+            await anyio.Path(job.path).replace(job.path + ".changed")
+        await ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
+        if shared is not None:
+            await shared.disown(job.key)  # whoever takes it over fetches it
+        printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
+    for job in await ledger.jobs("unconfirmed"):
+        printer.problem(
+            "unconfirmed",
+            key=job.key,
+            line=job.line,
+            error=job.error
+            if reconciling and job.error
+            else "its create may have reached the server; check the 88API console (or "
+            "rerun with --reconcile), then rerun with --resend-unconfirmed to create it "
+            "again",
+        )
+    async with client:
+        return await _run_jobs(client, ledger, shared, out, args, printer)
 
 
-def _check_edits(ledger: Ledger, jobs: list[Job], *, replace: bool) -> None:
+async def _check_edits(ledger: LedgerStore, jobs: list[Job], *, replace: bool) -> None:
     """A line edited since the ledger took it (same key, other request) is refused, naming
     the line: its old form may be created already. ``--replace`` accepts it for a job not
     sent yet."""
-    for job, known in ledger.edited(jobs):
+    for job, known in await ledger.edited(jobs):
         if replace and known.state == "pending":
-            ledger.replace_request(job)
+            await ledger.replace_request(job)
             continue
         why = (
             "use --replace to take the new line"
@@ -116,10 +153,15 @@ def _check_edits(ledger: Ledger, jobs: list[Job], *, replace: bool) -> None:
 
 
 async def _run_jobs(
-    client: Client, ledger: Ledger, out: Path, args: argparse.Namespace, printer: Printer
+    client: Client,
+    ledger: LedgerStore,
+    shared: SharedLedger | None,
+    out: Path,
+    args: argparse.Namespace,
+    printer: Printer,
 ) -> int:
-    to_create = list(ledger.jobs("pending"))
-    to_watch = list(ledger.jobs("submitted", "download_failed"))
+    to_create = [] if shared is not None else await ledger.jobs("pending")
+    to_watch = [] if shared is not None else await ledger.jobs("submitted", "download_failed")
     tally = Tally(total=len(to_create) + len(to_watch))
     printer.progress(tally)  # on a terminal, the live panel from the first create on
     videos = out / "videos"
@@ -129,14 +171,16 @@ async def _run_jobs(
 
     async def record(outcome: Outcome) -> None:
         nonlocal timed_out
-        key = ledger.key_of_task(outcome.id)
+        key = await ledger.key_of_task(outcome.id)
         if key is None:
             return
         if isinstance(outcome.error, WaitTimeoutError):
             # Not a verdict on the task: it may finish (and is paid for). It stays
             # submitted, so the next run polls it again.
             timed_out += 1
-            ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
+            await ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
+            if shared is not None:
+                await shared.timed_out(key)  # not taken over by the other workers either
             printer.problem(
                 "timed_out", key=key, id=outcome.id, error="still running; rerun to poll again"
             )
@@ -146,11 +190,13 @@ async def _run_jobs(
             # Size and SHA-256 kept, so that --status and a rerun notice a file deleted
             # or changed since.
             size, digest = await anyio.to_thread.run_sync(file_facts, outcome.path)
-            ledger.set_state(key, "downloaded", path=str(outcome.path), size=size, sha256=digest)
+            # Shared by several machines: the path says which folder, wherever run from.
+            path = str(outcome.path if shared is None else outcome.path.absolute())
+            await ledger.set_state(key, "downloaded", path=path, size=size, sha256=digest)
         elif outcome.task is not None and outcome.task.status is Status.SUCCEEDED:
-            ledger.set_state(key, "download_failed", error=error_text(outcome.error))
+            await ledger.set_state(key, "download_failed", error=error_text(outcome.error))
         else:
-            ledger.set_state(key, "failed", error=error_text(outcome.error))
+            await ledger.set_state(key, "failed", error=error_text(outcome.error))
         results.append(outcome)
         outcome_event(printer, outcome, key)
 
@@ -168,7 +214,9 @@ async def _run_jobs(
         for job in to_watch:
             assert job.task_id is not None
             outcomes.add([job.task_id], kind=job.kind)
-        outcomes.expect(len(to_create))  # the iteration stays open while they are created
+        # The iteration stays open while they are created; a worker of a shared batch
+        # holds it open (one expected task more) until the batch needs it no more.
+        outcomes.expect(len(to_create) if shared is None else 1)
 
         def created(job: Job, task: GenerationTask | Video) -> None:
             tally.update(task)
@@ -188,18 +236,54 @@ async def _run_jobs(
             on_created=created,
             on_given_up=given_up,
             concurrency=args.create_concurrency,
+            shared=shared,
         )
+
+        async def claim(skip: set[str]) -> Job | None:
+            assert shared is not None
+            job = await shared.claim(skip)
+            if job is not None:
+                tally.total += 1
+                outcomes.expect(1)  # its task (or its forget(), if it is given up)
+            return job
+
+        async def tend() -> None:
+            """A worker of a shared batch: take over the dead workers' tasks, mark their
+            creates in flight unconfirmed, and end when the batch needs it no more."""
+            assert shared is not None
+            while True:
+                buried = await shared.bury()
+                if buried:
+                    printer.detail("unconfirmed", jobs=buried, error="their worker died")
+                for job in await shared.take_over():
+                    assert job.task_id is not None
+                    tally.total += 1
+                    outcomes.expect(1)  # so that the add below cannot take a create's place
+                    outcomes.add([job.task_id], kind=job.kind)
+                    printer.detail("taken_over", key=job.key, id=job.task_id)
+                if creates.settled.is_set() and not await shared.open_elsewhere(
+                    creates.left_pending
+                ):
+                    outcomes.forget()  # the iteration ends with this worker's own tasks
+                    return
+                await anyio.sleep(FLEET_BATCH_TEND)
+
         interrupt = Interrupt(creates, printer)
         refused: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             await tg.start(interrupt.listen, tg)
 
             async def create_all() -> None:
-                await creates.run(to_create)
+                if shared is None:
+                    await creates.run(to_create)
+                else:
+                    await creates.run_claimed(claim)
                 if isinstance(creates.fatal, AuthenticationError | PermissionDeniedError):
                     tg.cancel_scope.cancel()  # the polls would be refused too
 
             tg.start_soon(create_all)
+            if shared is not None:
+                tg.start_soon(tend)
             try:
                 async for outcome in outcomes:
                     tally.finish(outcome)
@@ -214,7 +298,7 @@ async def _run_jobs(
         # Raised here, outside the task group, so that it reaches the user as itself: one
         # line and exit 2, not an ExceptionGroup's traceback.
         raise refused[0]
-    counts = ledger.counts()
+    counts = await ledger.counts()
     if interrupt.signal is not None:
         interrupt.explain(counts)
     else:
@@ -226,7 +310,7 @@ async def _run_jobs(
         seconds=round(time.monotonic() - tally.started, 1),
         bytes=tally.bytes,
         files=str(videos),
-        ledger=str(ledger.path),
+        ledger=ledger.where,
     )
     if interrupt.signal is not None:
         return 128 + int(interrupt.signal)
@@ -260,23 +344,56 @@ def _what_next(printer: Printer, counts: Counter[str], timed_out: int, timeout: 
         )
 
 
-def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> int:
-    """``aio88 run --status DIR``: summarise a ledger without touching the network."""
+def ledger_status(
+    folder: Path | None, printer: Printer, *, show_all: bool = False, dsn: str | None = None
+) -> int:
+    """``aio88 run --status DIR``: summarise a ledger without touching the network; with
+    ``--ledger URL``, the shared batch (and which worker holds what), checking the files
+    of ``DIR`` if given."""
+    if dsn:
+        return _shared_status(dsn, folder, printer, show_all=show_all)
+    if folder is None:
+        raise UsageError("--status needs the run's folder (or --ledger URL)")
     if not (folder / Ledger.FILE_NAME).exists():
         raise UsageError(f"no ledger in {folder} (looked for {Ledger.FILE_NAME})")
     ledger = Ledger(folder, lock=False)  # reading only: a run may be going on
     try:
-        for job in ledger.jobs(*_LOOSE_ENDS):
-            printer.problem(job.state, key=job.key, line=job.line, id=job.task_id, error=job.error)
-        problems = anyio.run(_check_files, ledger)
-        for job, problem in problems:
-            printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
-        if show_all:
-            for job in ledger.jobs():
-                printer.event("job", key=job.key, id=job.task_id, state=job.state, path=job.path)
-        counts = ledger.counts()
+        jobs = list(ledger.jobs())
     finally:
         ledger.close()
+    return _report(jobs, None, printer, show_all=show_all)
+
+
+def _shared_status(dsn: str, folder: Path | None, printer: Printer, *, show_all: bool) -> int:
+    from ..fleet._batch import batch_status  # asyncpg only when asked
+
+    try:
+        found = anyio.run(batch_status, dsn)
+    except (OSError, ConnectionError) as exc:
+        raise UsageError(f"cannot read the batch at {dsn.split('@')[-1]}: {exc}") from exc
+    if found is None:
+        raise UsageError(f"no batch in that database ({dsn.split('@')[-1]}): run one first")
+    jobs, workers = found
+    for worker in workers:
+        printer.event("worker", id=worker.id, alive=worker.alive, **worker.holds)
+    # Without DIR, no file is checked: they may be on other machines.
+    return _report(jobs, folder, printer, show_all=show_all, check=folder is not None)
+
+
+def _report(
+    jobs: list[Job], within: Path | None, printer: Printer, *, show_all: bool, check: bool = True
+) -> int:
+    for job in jobs:
+        if job.state in _LOOSE_ENDS:
+            printer.problem(job.state, key=job.key, line=job.line, id=job.task_id, error=job.error)
+    downloaded = [job for job in jobs if job.state == "downloaded"]
+    problems = anyio.run(_check_jobs_files, downloaded if check else [], within)
+    for job, problem in problems:
+        printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
+    if show_all:
+        for job in jobs:
+            printer.event("job", key=job.key, id=job.task_id, state=job.state, path=job.path)
+    counts = Counter(job.state for job in jobs)
     found = Counter(problem for _, problem in problems)
     printer.summary(
         jobs=sum(counts.values()),
@@ -287,11 +404,19 @@ def ledger_status(folder: Path, printer: Printer, *, show_all: bool = False) -> 
     return EXIT_OK if settled else EXIT_FAILED
 
 
-async def _check_files(ledger: Ledger) -> list[tuple[Job, str]]:
+async def _check_files(ledger: LedgerStore, within: Path | None) -> list[tuple[Job, str]]:
     """Downloaded jobs whose file is ``missing`` or ``changed`` (size or SHA-256)."""
+    return await _check_jobs_files(await ledger.jobs("downloaded"), within)
+
+
+async def _check_jobs_files(jobs: list[Job], within: Path | None) -> list[tuple[Job, str]]:
+    """Of ``jobs``, those whose file is ``missing`` or ``changed``; with ``within`` (a
+    shared batch, whose files may be on other machines), only the files in that folder."""
 
     def check(job: Job) -> str | None:
         path = Path(job.path or "")
+        if within is not None and not path.absolute().is_relative_to(within.absolute()):
+            return None  # another machine's folder: not ours to judge
         if not path.is_file():
             return "missing"
         if job.size is None or job.sha256 is None:
@@ -300,7 +425,7 @@ async def _check_files(ledger: Ledger) -> list[tuple[Job, str]]:
         return "changed" if (size, digest) != (job.size, job.sha256) else None
 
     problems = []
-    for job in ledger.jobs("downloaded"):
+    for job in jobs:
         problem = await anyio.to_thread.run_sync(check, job)
         if problem is not None:
             problems.append((job, problem))

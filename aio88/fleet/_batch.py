@@ -1,0 +1,384 @@
+"""One ``aio88 run`` batch shared by workers on several machines: the ledger in PostgreSQL.
+
+``aio88 run JOBS --out DIR --ledger postgresql://...`` keeps its jobs in the table
+``aio88_batch_jobs`` (one batch per database) instead of ``DIR/ledger.sqlite3``. Every
+worker imports the jobs file (idempotently, by key), then:
+
+- claims a ``pending`` job only when one of its create slots is free, and commits it
+  ``submitting`` (owned by itself) in the same statement, with ``FOR UPDATE SKIP LOCKED``,
+  *before* the create is sent: no job is created twice, fleet-wide;
+- polls and downloads the tasks it created; a worker whose heartbeat (the fleet's
+  ``aio88_processes`` row) is older than its lease is dead: a live worker takes over its
+  ``submitted`` jobs, and marks its ``submitting`` ones ``unconfirmed`` (their create may
+  have reached the server);
+- ends when nothing is left that it could do: no job pending, none being created, none
+  being polled by another worker.
+
+Implements :class:`aio88._ledger.SharedLedger`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .._config import FLEET_CONNECT_TIMEOUT
+from .._ledger import Job, JobState
+from . import Fleet
+
+__all__ = ["BatchWorker", "PostgresLedger", "batch_status", "open_batch"]
+
+#: The advisory lock taken while the batch table is created (workers start together).
+_SCHEMA_LOCK = 0x6A10_88BA_7C40_0001
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS aio88_batch_jobs (
+    key text PRIMARY KEY,
+    line integer NOT NULL,
+    kind text NOT NULL,
+    request text NOT NULL,
+    state text NOT NULL,
+    task_id text,
+    error text,
+    path text,
+    size bigint,
+    sha256 text,
+    owner text,
+    timed_out boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    sending_since double precision,
+    sending_last double precision
+);
+CREATE INDEX IF NOT EXISTS aio88_batch_jobs_state ON aio88_batch_jobs (state, line);
+CREATE INDEX IF NOT EXISTS aio88_batch_jobs_task ON aio88_batch_jobs (task_id);
+"""
+
+# The statements below interpolate only these constants (never a value: those are bound
+# parameters), hence their ``noqa: S608``.
+
+#: The job's owner is a live worker: its heartbeat is within its lease.
+_ALIVE = (
+    "EXISTS (SELECT 1 FROM aio88_processes p WHERE p.id = {owner} "
+    "AND p.heartbeat_at > now() - make_interval(secs => p.lease_seconds))"
+)
+
+_COLUMNS = (
+    "key, line, kind, request, state, task_id, error, path, size, sha256, sending_since, "
+    "sending_last"
+)
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(
+        row["key"],
+        row["line"],
+        row["kind"],
+        json.loads(row["request"]),
+        row["state"],
+        row["task_id"],
+        row["error"],
+        row["path"],
+        row["size"],
+        row["sha256"],
+        row["sending_since"],
+        row["sending_last"],
+    )
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status (``UPDATE 3``, ``INSERT 0 3``)."""
+    return int(status.split()[-1])
+
+
+async def create_schema(connection: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> None:
+    """Create the batch table if it is missing (under an advisory lock: two concurrent
+    ``CREATE TABLE IF NOT EXISTS`` can still collide in the catalog)."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        await connection.execute(_SCHEMA)
+
+
+class PostgresLedger:
+    """The shared ledger of one batch (see the module's text).
+
+    Args:
+        pool: Connections to the batch's database.
+        worker: This worker's id: its fleet process id.
+        where: ``host:port`` of the database, for messages.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, worker: str, where: str, fleet: Fleet | None = None
+    ) -> None:
+        self._pool = pool
+        self.worker = worker
+        self.where = f"postgresql {where}"
+        self.fleet = fleet
+        """The worker's fleet: its client's rate budget and task leases are the fleet's."""
+
+    async def prepare(self) -> None:
+        """Create the table if need be; jobs a finished worker left behind (timed out, or
+        their download failed) are put back to be polled by whoever takes them."""
+        async with self._pool.acquire() as connection:
+            await create_schema(connection)
+        await self._pool.execute(
+            "UPDATE aio88_batch_jobs j SET state = 'submitted', owner = NULL, "  # noqa: S608
+            "timed_out = false, updated_at = now() "
+            "WHERE (state = 'download_failed' OR (state = 'submitted' AND timed_out)) "
+            f"AND NOT {_ALIVE.format(owner='j.owner')}"
+        )
+
+    # -- LedgerStore ------------------------------------------------------------------------
+
+    async def add_new(self, jobs: list[Job]) -> int:
+        """Record the jobs not yet known as ``pending`` (workers started together each
+        import the same file: a key already there is left alone)."""
+        status = await self._pool.execute(
+            "INSERT INTO aio88_batch_jobs (key, line, kind, request, state) "
+            "SELECT k, l, d, r, 'pending' FROM unnest($1::text[], $2::int[], $3::text[], "
+            "$4::text[]) WITH ORDINALITY AS t(k, l, d, r, n) ORDER BY n "
+            "ON CONFLICT (key) DO NOTHING",
+            [j.key for j in jobs],
+            [j.line for j in jobs],
+            [j.kind for j in jobs],
+            [json.dumps(j.request) for j in jobs],
+        )
+        return _count(status)
+
+    async def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
+        """(job as the file has it, job as the ledger knows it) for every changed key."""
+        known = {job.key: job for job in await self.jobs()}
+        return [
+            (job, known[job.key])
+            for job in jobs
+            if job.key in known
+            and (known[job.key].request, known[job.key].kind) != (job.request, job.kind)
+        ]
+
+    async def replace_request(self, job: Job) -> None:
+        """Take a job's new request (only while it is ``pending``)."""
+        await self._pool.execute(
+            "UPDATE aio88_batch_jobs SET request = $1, kind = $2, line = $3, updated_at = now() "
+            "WHERE key = $4 AND state = 'pending'",
+            json.dumps(job.request),
+            job.kind,
+            job.line,
+            job.key,
+        )
+
+    async def jobs(self, *states: str) -> list[Job]:
+        """The jobs in any of ``states`` (all when none given), in file order."""
+        wanted = [JobState(state).value for state in states]
+        query = f"SELECT {_COLUMNS} FROM aio88_batch_jobs"  # noqa: S608
+        if wanted:
+            rows = await self._pool.fetch(
+                query + " WHERE state = ANY($1::text[]) ORDER BY line", wanted
+            )
+        else:
+            rows = await self._pool.fetch(query + " ORDER BY line")
+        return [_job(row) for row in rows]
+
+    async def set_state(
+        self,
+        key: str,
+        state: JobState | str,
+        *,
+        task_id: str | None = None,
+        error: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Move a job to ``state`` (as the SQLite ledger does); a job put back to
+        ``pending`` belongs to nobody."""
+        state = JobState(state)
+        sending = time.time() if state is JobState.SUBMITTING else None
+        await self._pool.execute(
+            "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "
+            "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
+            "sha256 = COALESCE($7, sha256), updated_at = now(), "
+            "sending_since = COALESCE(sending_since, $8), "
+            "sending_last = COALESCE($8, sending_last), "
+            "owner = CASE WHEN $2 = 'pending' THEN NULL ELSE owner END WHERE key = $1",
+            key,
+            state.value,
+            task_id,
+            error,
+            path,
+            size,
+            sha256,
+            sending,
+        )
+
+    async def task_ids(self) -> set[str]:
+        """Every task id the batch knows."""
+        rows = await self._pool.fetch(
+            "SELECT task_id FROM aio88_batch_jobs WHERE task_id IS NOT NULL"
+        )
+        return {str(row[0]) for row in rows}
+
+    async def key_of_task(self, task_id: str) -> str | None:
+        """The job that created ``task_id``."""
+        key = await self._pool.fetchval(
+            "SELECT key FROM aio88_batch_jobs WHERE task_id = $1", task_id
+        )
+        return None if key is None else str(key)
+
+    async def counts(self) -> Counter[str]:
+        """How many jobs of the batch are in each state."""
+        rows = await self._pool.fetch("SELECT state, count(*) FROM aio88_batch_jobs GROUP BY state")
+        return Counter({str(row[0]): int(row[1]) for row in rows})
+
+    async def close(self) -> None:
+        """Nothing to do: the pool is closed by :func:`open_batch`."""
+
+    # -- SharedLedger -----------------------------------------------------------------------
+
+    async def claim(self, skip: set[str]) -> Job | None:
+        """A ``pending`` job, committed ``submitting`` and owned by this worker."""
+        row = await self._pool.fetchrow(
+            "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "  # noqa: S608
+            "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
+            "sending_last = $3 "
+            "WHERE key = (SELECT key FROM aio88_batch_jobs WHERE state = 'pending' "
+            "AND NOT (key = ANY($2::text[])) ORDER BY line LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_COLUMNS}",
+            self.worker,
+            sorted(skip),
+            time.time(),
+        )
+        return None if row is None else _job(row)
+
+    async def reclaim(self, key: str) -> bool:
+        """``key`` ``submitting`` again for a new try, if nobody took it meanwhile."""
+        status = await self._pool.execute(
+            "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "
+            "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
+            "sending_last = $3 WHERE key = $2 AND state = 'pending'",
+            self.worker,
+            key,
+            time.time(),
+        )
+        return _count(status) == 1
+
+    async def take_over(self) -> list[Job]:
+        """Dead (or no) workers' ``submitted`` jobs, now this worker's to poll."""
+        rows = await self._pool.fetch(
+            "UPDATE aio88_batch_jobs SET owner = $1, updated_at = now() "  # noqa: S608
+            "WHERE key IN (SELECT key FROM aio88_batch_jobs j WHERE state = 'submitted' "
+            "AND NOT timed_out AND (owner IS NULL OR (owner <> $1 AND NOT "
+            f"{_ALIVE.format(owner='j.owner')})) FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_COLUMNS}",
+            self.worker,
+        )
+        return sorted((_job(row) for row in rows), key=lambda job: job.line)
+
+    async def bury(self) -> int:
+        """Dead workers' creates in flight become ``unconfirmed``."""
+        status = await self._pool.execute(
+            "UPDATE aio88_batch_jobs j SET state = 'unconfirmed', updated_at = now(), "  # noqa: S608
+            "error = 'its worker (' || coalesce(owner, '?') || ') died while the create "
+            "was in flight: it may have reached the server' "
+            "WHERE state = 'submitting' AND (owner IS NULL OR (owner <> $1 AND NOT "
+            f"{_ALIVE.format(owner='j.owner')}))",
+            self.worker,
+        )
+        return _count(status)
+
+    async def timed_out(self, key: str) -> None:
+        """Nobody takes ``key`` over in this batch run (a later worker polls it again)."""
+        await self._pool.execute("UPDATE aio88_batch_jobs SET timed_out = true WHERE key = $1", key)
+
+    async def disown(self, key: str) -> None:
+        """``key`` belongs to nobody: the next :meth:`take_over` takes it."""
+        await self._pool.execute(
+            "UPDATE aio88_batch_jobs SET owner = NULL, timed_out = false WHERE key = $1", key
+        )
+
+    async def open_elsewhere(self, skip: set[str]) -> int:
+        """Jobs that may still need this worker (see the protocol)."""
+        found = await self._pool.fetchval(
+            "SELECT count(*) FROM aio88_batch_jobs WHERE "
+            "(state = 'pending' AND NOT (key = ANY($2::text[]))) OR state = 'submitting' "
+            "OR (state = 'submitted' AND NOT timed_out AND owner IS DISTINCT FROM $1)",
+            self.worker,
+            sorted(skip),
+        )
+        return int(found)
+
+    async def pending_left(self, skip: set[str]) -> int:
+        """``pending`` jobs, not among ``skip``."""
+        found = await self._pool.fetchval(
+            "SELECT count(*) FROM aio88_batch_jobs WHERE state = 'pending' "
+            "AND NOT (key = ANY($1::text[]))",
+            sorted(skip),
+        )
+        return int(found)
+
+
+@asynccontextmanager
+async def open_batch(dsn: str, *, lease: float) -> AsyncIterator[PostgresLedger]:
+    """This worker's seat in the batch: a :class:`~aio88.fleet.Fleet` (its process row and
+    heartbeat tell the others it lives) and the shared ledger.
+
+    Raises:
+        FleetError: The database cannot be reached or used.
+    """
+    async with Fleet(dsn, lease=lease) as fleet:
+        # Its own pool: the fleet's connections are its own business. A few connections
+        # for creates' claims, the tending loop and the results.
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=FLEET_CONNECT_TIMEOUT)
+        try:
+            ledger = PostgresLedger(pool, worker=fleet.process_id, where=fleet.where, fleet=fleet)
+            await ledger.prepare()
+            yield ledger
+        finally:
+            await pool.close()
+
+
+@dataclass(frozen=True)
+class BatchWorker:
+    """A worker that holds jobs of the batch, as ``--status`` shows it."""
+
+    id: str
+    alive: bool
+    """Its heartbeat is within its lease."""
+    holds: dict[str, int]
+    """How many jobs it holds in each state (``submitting``: creates in flight;
+    ``submitted``: tasks it polls and downloads)."""
+
+
+async def batch_status(dsn: str) -> tuple[list[Job], list[BatchWorker]] | None:
+    """Every job of the batch, and the workers holding ``submitting`` or ``submitted``
+    ones (``None``: the database has no batch). Reads only: no process row is made."""
+    connection = await asyncpg.connect(dsn, timeout=FLEET_CONNECT_TIMEOUT)
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('aio88_batch_jobs') IS NOT NULL")
+        if not exists:
+            return None
+        rows = await connection.fetch(f"SELECT {_COLUMNS} FROM aio88_batch_jobs ORDER BY line")  # noqa: S608
+        has_processes = await connection.fetchval(
+            "SELECT to_regclass('aio88_processes') IS NOT NULL"
+        )
+        alive = _ALIVE.format(owner="j.owner") if has_processes else "false"
+        held = await connection.fetch(
+            f"SELECT owner, state, count(*) AS n, bool_or({alive}) AS alive "  # noqa: S608
+            "FROM aio88_batch_jobs j WHERE owner IS NOT NULL "
+            "AND state IN ('submitting', 'submitted') AND NOT timed_out "
+            "GROUP BY owner, state ORDER BY owner, state"
+        )
+    finally:
+        await connection.close()
+    workers: dict[str, BatchWorker] = {}
+    for row in held:
+        worker = workers.setdefault(row["owner"], BatchWorker(row["owner"], row["alive"], {}))
+        worker.holds[row["state"]] = int(row["n"])
+    return [_job(row) for row in rows], list(workers.values())

@@ -1,0 +1,506 @@
+"""The fleet's task leases (``aio88.fleet._leases.FleetLeases``) against a real PostgreSQL.
+
+Each :class:`Member` is one process of a fleet as ``Fleet`` builds it: its own pool, the
+leases, the fleet's LISTEN connection (``_listen.Listener``) routing both channels to them,
+and a heartbeat calling ``renew()`` every ``lease / 3``. Two or three members share one
+fresh database. Statements are counted with asyncpg's query logger on each pool's
+connections (only those that touch the fleet's rows or channels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
+
+import asyncpg
+
+from aio88._coordination import TaskLeases
+from aio88.fleet._leases import FINISHED_CHANNEL, HINT_CHANNEL, FleetLeases
+from aio88.fleet._listen import Listener
+from aio88.fleet._schema import migrate
+
+
+def _conforms(leases: FleetLeases) -> TaskLeases:
+    """What the poller is written against (checked by mypy)."""
+    return leases
+
+
+#: A short lease, so that a dead member's tasks are taken over within a second.
+LEASE = 0.6
+#: A lease long enough that no heartbeat comes during a test: for counting statements.
+QUIET = 30.0
+
+
+@pytest.fixture
+async def dsn(postgres_dsn: str) -> str:
+    """A fresh database with the fleet's schema."""
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        await migrate(connection)
+    finally:
+        await connection.close()
+    return postgres_dsn
+
+
+class Member:
+    """One process of the fleet: a pool, its :class:`FleetLeases`, a LISTEN connection and
+    a heartbeat; records what its subscriber hears and the statements it sends."""
+
+    def __init__(self, dsn: str, name: str, *, lease: float = LEASE, listen: bool = True):
+        self.dsn = dsn
+        self.name = name
+        self.lease_seconds = lease
+        self.listen = listen
+        self.statements: list[str] = []
+        self.finished: list[tuple[str, str, bytes]] = []
+        self.hints: list[str] = []
+        self.changed = asyncio.Event()
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.listener: Listener | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._leases: FleetLeases | None = None
+
+    @property
+    def leases(self) -> FleetLeases:
+        """This member's leases."""
+        assert self._leases is not None
+        return self._leases
+
+    async def __aenter__(self) -> Member:
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, init=self._init)
+        self._leases = FleetLeases(self.pool, process_id=self.name, lease=self.lease_seconds)
+        self.leases.subscribe(self._on_finished, self._on_hint)
+        await self.leases.start()
+        if self.listen:
+            self.listener = Listener(lambda: asyncpg.connect(self.dsn), check_every=0.2)
+            for channel in (FINISHED_CHANNEL, HINT_CHANNEL):
+                self.listener.add(channel, self._router(channel))
+            self.listener.on_reconnect(self.leases.on_reconnect)
+            await self.listener.start()
+        self._beat = asyncio.create_task(self._heartbeat())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop(clean=True)
+
+    async def stop(self, *, clean: bool) -> None:
+        """Leave the fleet: cleanly (release every lease), or as a process that died (the
+        heartbeat stops, the connections drop, nothing is released)."""
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+        if self._leases is not None and clean:
+            await self.leases.release_all()
+        if self.listener is not None:
+            await self.listener.aclose()
+            self.listener = None
+        if self._leases is not None:
+            await self.leases.aclose()
+        if self.pool is not None:
+            if clean:
+                await self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool = None
+
+    async def _init(self, connection: asyncpg.Connection[Any]) -> None:
+        def record(query: Any) -> None:
+            if "aio88_" in query.query:
+                self.statements.append(query.query)
+
+        connection.add_query_logger(record)
+
+    def _router(self, channel: str) -> Callable[[str], None]:
+        return lambda payload: self.leases.on_notify(channel, payload)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self.leases.renew()
+
+    def _on_finished(self, task_id: str, kind: str, task_json: bytes) -> None:
+        self.finished.append((task_id, kind, task_json))
+        self.changed.set()
+
+    def _on_hint(self, task_id: str) -> None:
+        self.hints.append(task_id)
+        self.changed.set()
+
+    async def sent(self) -> int:
+        """How many statements this member sent so far (asyncpg calls its query loggers
+        soon after each statement, not at once)."""
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return len(self.statements)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds (the test's timeout bounds the wait)."""
+        while not condition():
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 0.02)
+
+
+async def owner_of(dsn: str, task_id: str) -> tuple[str | None, bool]:
+    """The row's owner and whether it is finished (``(None, False)`` without a row)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            "SELECT owner, finished_at IS NOT NULL AS done FROM aio88_tasks WHERE task_id = $1",
+            task_id,
+        )
+    finally:
+        await connection.close()
+    return (None, False) if row is None else (row["owner"], row["done"])
+
+
+@contextlib.asynccontextmanager
+async def members(dsn: str, *names: str, **options: Any) -> AsyncIterator[list[Member]]:
+    """Several members of one fleet, left cleanly at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Member(dsn, name, **options)) for name in names]
+
+
+async def test_one_claims_the_other_does_not(dsn: str) -> None:
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        assert a.leases.holds("t1")
+        assert not b.leases.holds("t1")
+        assert await owner_of(dsn, "t1") == ("a", False)
+        # a's lease is known to be valid: b answers again without a round trip
+        sent = await b.sent()
+        assert not await b.leases.claim("t1", "video")
+        assert await b.sent() == sent
+        # and the holder answers from what it knows, too
+        sent = await a.sent()
+        assert await a.leases.claim("t1", "video")
+        assert await a.sent() == sent
+
+
+async def test_concurrent_claims_have_one_winner(dsn: str) -> None:
+    async with members(dsn, "a", "b", "c") as group:
+        ids = [f"t{n}" for n in range(50)]
+        for member in group:
+            for task_id in ids:
+                member.leases.track(task_id, "generation")
+        answers = await asyncio.gather(
+            *(m.leases.claim(task_id, "generation") for task_id in ids for m in group)
+        )
+        for n, task_id in enumerate(ids):
+            assert sum(answers[n * 3 : n * 3 + 3]) == 1, task_id
+            assert sum(m.leases.holds(task_id) for m in group) == 1
+
+
+async def test_finished_by_the_holder_wakes_the_others(dsn: str) -> None:
+    body = b'{"id":"t1","status":"succeeded","\xff":1}'
+    async with members(dsn, "a", "b", "c") as (a, b, c):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        for member in (b, c):
+            member.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        a.leases.finished("t1", "video", body)
+        a.leases.untrack("t1")  # the poller's order: finished, then untrack
+        await b.until(lambda: bool(b.finished))
+        await c.until(lambda: bool(c.finished))
+        assert b.finished == [("t1", "video", body)]
+        assert c.finished == [("t1", "video", body)]
+        assert a.finished == []  # its own end is not reported back to it
+        assert not b.leases.holds("t1")
+        assert not await b.leases.claim("t1", "video")  # finished: nobody polls it
+        assert await owner_of(dsn, "t1") == ("a", True)
+
+
+async def test_finished_by_a_non_holder_writes_nothing(dsn: str) -> None:
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        b.leases.finished("t1", "video", b"from b")
+        await b.leases.renew()  # a pass: whatever b queued is sent by now
+        assert await owner_of(dsn, "t1") == ("a", False)
+        # the holder's end is the one everybody gets
+        a.leases.finished("t1", "video", b"from a")
+        await b.until(lambda: bool(b.finished))
+        assert b.finished == [("t1", "video", b"from a")]
+        assert a.finished == []
+
+
+async def test_first_writer_wins(dsn: str) -> None:
+    """A holder that lost its lease meanwhile (the row went to another) writes nothing."""
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        connection = await asyncpg.connect(dsn)
+        try:  # a's lease runs out early, as if a had been frozen, and b takes the task
+            await connection.execute(
+                "UPDATE aio88_tasks SET lease_until = now() - interval '1 second'"
+            )
+        finally:
+            await connection.close()
+        b.leases.on_notify(HINT_CHANNEL, "t1")  # b tries now, not at the old expiry
+        assert await b.leases.claim("t1", "video")
+        assert a.leases.holds("t1")  # a still believes it holds it
+        a.leases.finished("t1", "video", b"stale")
+        await a.leases.renew()
+        assert await owner_of(dsn, "t1") == ("b", False)  # a wrote nothing
+        b.leases.finished("t1", "video", b"fresh")
+        await b.leases.renew()
+        assert await owner_of(dsn, "t1") == ("b", True)
+
+
+async def test_track_of_a_finished_task_reports_it(dsn: str) -> None:
+    async with members(dsn, "a") as (a,):
+        a.leases.track("t1", "generation")
+        assert await a.leases.claim("t1", "generation")
+        a.leases.finished("t1", "generation", b"done")
+        a.leases.untrack("t1")
+        await a.leases.renew()
+        async with members(dsn, "late") as (late,):
+            late.leases.track("t1", "generation")
+            await late.until(lambda: bool(late.finished))
+            assert late.finished == [("t1", "generation", b"done")]
+            assert not await late.leases.claim("t1", "generation")
+
+
+async def test_a_dead_holders_task_is_taken_over(dsn: str) -> None:
+    async with members(dsn, "b") as (b,):
+        a = Member(dsn, "a")
+        await a.__aenter__()
+        try:
+            a.leases.track("t1", "video")
+            assert await a.leases.claim("t1", "video")
+            b.leases.track("t1", "video")
+            assert not await b.leases.claim("t1", "video")
+        finally:
+            a_leases = a.leases
+            await a.stop(clean=False)  # dies: no release, no more renewals
+        await b.until(lambda: b.leases.holds("t1"))
+        # by the time b holds it, a (had it lived on without renewing) no longer counted
+        # on it: never two holders
+        assert not a_leases.holds("t1")
+        assert await owner_of(dsn, "t1") == ("b", False)
+
+
+async def test_renewal_keeps_the_lease(dsn: str) -> None:
+    """Held for several leases by the heartbeat alone; the other member never gets it."""
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        renewals = 0
+        while renewals < 16:  # two leases of b's heartbeats trying to take it over
+            await a.leases.renew()
+            await b.leases.renew()
+            renewals += 1
+            await asyncio.sleep(LEASE / 8)
+            assert a.leases.holds("t1")
+            assert not b.leases.holds("t1")
+
+
+async def test_release_all_frees_everything(dsn: str) -> None:
+    async with members(dsn, "a", "b") as (a, b):
+        ids = [f"t{n}" for n in range(20)]
+        for task_id in ids:
+            a.leases.track(task_id, "video")
+        assert all([await a.leases.claim(task_id, "video") for task_id in ids])
+        for task_id in ids:
+            b.leases.track(task_id, "video")
+        assert not any([await b.leases.claim(task_id, "video") for task_id in ids])
+        await a.leases.release_all()
+        assert not any(a.leases.holds(task_id) for task_id in ids)
+        assert {await owner_of(dsn, task_id) for task_id in ids} == {(None, False)}
+        # the release is announced: b claims at once, not at a's old expiry
+        await b.until(lambda: len(set(b.hints) & set(ids)) == len(ids))
+        assert all([await b.leases.claim(task_id, "video") for task_id in ids])
+
+
+async def test_untrack_releases_the_lease(dsn: str) -> None:
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        a.leases.untrack("t1")
+        assert not a.leases.holds("t1")
+        await b.until(lambda: "t1" in b.hints)
+        assert await b.leases.claim("t1", "video")
+        assert await owner_of(dsn, "t1") == ("b", False)
+
+
+async def test_reconnect_rereads_tracked_tasks(dsn: str) -> None:
+    async with (
+        members(dsn, "a", lease=QUIET) as (a,),
+        members(dsn, "b", lease=QUIET, listen=False) as (b,),
+    ):
+        a.leases.track("t1", "video")
+        a.leases.track("t2", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        b.leases.track("t2", "video")
+        a.leases.finished("t1", "video", b"while b was deaf")
+        await a.leases.renew()
+        assert await owner_of(dsn, "t1") == ("a", True)
+        assert b.finished == []  # b heard nothing
+        sent = await b.sent()
+        await b.leases.on_reconnect()
+        assert b.finished == [("t1", "video", b"while b was deaf")]
+        assert await b.sent() == sent + 1  # one read for every tracked id
+
+
+async def test_a_lost_listen_connection_loses_no_end(dsn: str) -> None:
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert b.listener is not None
+        listener = b.listener
+        connection = await asyncpg.connect(dsn)
+        try:
+            pid = listener.backend_pid
+            await connection.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await connection.close()
+        a.leases.finished("t1", "video", b"end")
+        await b.until(lambda: bool(b.finished))  # by notification or by the re-read
+        assert b.finished == [("t1", "video", b"end")]
+        await b.until(lambda: listener.reconnects >= 1)
+
+
+async def test_ten_thousand_tracks_are_a_few_statements(dsn: str) -> None:
+    ids = [f"task_{n:05}" for n in range(10_000)]
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        for task_id in ids:
+            a.leases.track(task_id, "video")
+        assert await a.leases.claim(ids[-1], "video")  # joins the batch under way
+        assert all(a.leases.holds(task_id) for task_id in ids)
+        assert 1 <= await a.sent() <= 3
+        for task_id in ids:
+            b.leases.track(task_id, "video")
+        assert not await b.leases.claim(ids[0], "video")
+        assert not any(b.leases.holds(task_id) for task_id in ids)
+        assert 1 <= await b.sent() <= 3
+        # one heartbeat renews them all in a couple of statements (b's retries nothing:
+        # a's leases are known to be valid)
+        for member in (a, b):
+            before = await member.sent()
+            await member.leases.renew()
+            assert await member.sent() - before <= 3
+        # and 10,000 untracks are a couple of releases
+        before = await a.sent()
+        for task_id in ids:
+            a.leases.untrack(task_id)
+        await a.leases.renew()
+        assert 1 <= await a.sent() - before <= 3
+        assert await owner_of(dsn, ids[1234]) == (None, False)
+
+
+async def test_a_hint_reaches_every_member(dsn: str) -> None:
+    async with members(dsn, "a", "b", "c", lease=QUIET) as (a, b, c):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.hint("t1")  # a callback for t1 reached b, which does not poll it
+        await a.until(lambda: "t1" in a.hints)
+        await c.until(lambda: "t1" in c.hints)
+        # the holder hears of a callback locally: it sends nothing
+        sent = await a.sent()
+        a.leases.hint("t1")
+        await a.leases.renew()
+        assert not [s for s in a.statements[sent:] if "aio88_hint" in s]
+        assert await a.sent() - sent == 1  # the renewal
+
+
+async def test_database_errors_are_retried_on_the_next_beat(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with members(dsn, "a", "b", lease=2.0) as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        admin = await asyncpg.connect(dsn)
+        try:
+            with caplog.at_level(logging.WARNING, logger="aio88.fleet"):
+                # every statement on the table fails for a moment (much less than a lease)
+                await admin.execute("ALTER TABLE aio88_tasks RENAME TO aio88_tasks_away")
+                a.leases.finished("t1", "video", b"kept")
+                a.leases.untrack("t1")
+                await a.until(lambda: any(r.name == "aio88.fleet" for r in caplog.records))
+                await admin.execute("ALTER TABLE aio88_tasks_away RENAME TO aio88_tasks")
+        finally:
+            await admin.close()
+        assert all(r.levelno == logging.WARNING for r in caplog.records)
+        # the next heartbeat sends what failed
+        await b.until(lambda: bool(b.finished))
+        assert b.finished == [("t1", "video", b"kept")]
+        assert await owner_of(dsn, "t1") == ("a", True)
+
+
+async def test_a_failing_subscriber_does_not_stop_the_others(dsn: str) -> None:
+    async with members(dsn, "a", "b") as (a, b):
+
+        def broken(task_id: str, kind: str, task_json: bytes) -> None:
+            raise RuntimeError("a bug in one subscriber")
+
+        b.leases.subscribe(broken, lambda task_id: None)
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        a.leases.finished("t1", "video", b"x")
+        await b.until(lambda: bool(b.finished))
+        assert b.finished == [("t1", "video", b"x")]
+
+
+async def test_through_the_fleet(postgres_dsn: str) -> None:
+    """The same, wired as ``aio88.fleet.Fleet`` wires it: its pool, LISTEN connection and
+    heartbeat; a fleet's clean exit hands its tasks to the others at once."""
+    from aio88.fleet import Fleet
+
+    heard: list[tuple[str, str, bytes]] = []
+    hints: list[str] = []
+    ended, released = asyncio.Event(), asyncio.Event()
+
+    def on_finished(task_id: str, kind: str, task_json: bytes) -> None:
+        heard.append((task_id, kind, task_json))
+        ended.set()
+
+    def on_hint(task_id: str) -> None:
+        hints.append(task_id)
+        if task_id == "t2":
+            released.set()
+
+    async with Fleet(postgres_dsn, lease=QUIET) as a, Fleet(postgres_dsn, lease=QUIET) as b:
+        b.leases.subscribe(on_finished, on_hint)
+        for task_id in ("t1", "t2"):
+            a.leases.track(task_id, "video")
+            assert await a.leases.claim(task_id, "video")
+            b.leases.track(task_id, "video")
+            assert not await b.leases.claim(task_id, "video")
+        a.leases.finished("t1", "video", b"one")
+        a.leases.untrack("t1")
+        await ended.wait()
+        assert heard == [("t1", "video", b"one")]
+        await a.aclose()  # a clean exit: t2 is released and announced
+        await released.wait()
+        assert await b.leases.claim("t2", "video")
+        assert await owner_of(postgres_dsn, "t2") == (b.process_id, False)
