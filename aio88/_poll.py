@@ -115,6 +115,7 @@ class _Tracked:
         "polls",
         "started",
         "task",
+        "unleased",
         "waiters",
         "watched",
     )
@@ -136,6 +137,9 @@ class _Tracked:
         self.live = True
         self.watched = False
         self.waiters: list[_Waiter] | None = None
+        #: Polled without a fleet's lease: the fleet recorded its end in a form this
+        #: process cannot read, so it asks the API itself.
+        self.unleased = False
 
     @property
     def timeout(self) -> float:
@@ -602,6 +606,7 @@ class Poller:
         leases = self._leases
         if (
             leases is not None
+            and not entry.unleased
             and not leases.holds(entry.id)
             and not await leases.claim(entry.id, entry.kind)
         ):
@@ -679,7 +684,10 @@ class Poller:
                 decode_video(task_json) if kind == "video" else decode_generation(task_json)
             )
         except (msgspec.DecodeError, ResponseShapeError):
+            # Another version of aio88 wrote it, say. The fleet holds it as ended, so no
+            # lease will be had for it: ask the API directly, once, now.
             log.warning("the fleet's record of task %s is unreadable; polling it", task_id)
+            entry.unleased = True
             self._deliver(task_id)
             return
         status = task.status

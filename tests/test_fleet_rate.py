@@ -12,7 +12,8 @@ import anyio
 import asyncpg
 import pytest
 
-from aio88.fleet import Fleet, FleetError, FleetRateBudget
+from aio88 import APIConnectionError
+from aio88.fleet import Fleet, FleetRateBudget
 from aio88.fleet._rate import parse_notice
 
 RATE = 10.0
@@ -254,13 +255,15 @@ async def test_a_reconnect_rereads_the_pause(
     await _until(heard, "the reconnect re-read the pause")
 
 
-async def test_a_database_gone_away_is_a_fleet_error(postgres_dsn: str) -> None:
+async def test_a_database_gone_away_is_a_connection_error(postgres_dsn: str) -> None:
+    """Nothing was sent: a poll backs off and tries again, a create is known not made."""
     fleet = Fleet(postgres_dsn, lease=3.0)
     await fleet.start()
     budget = fleet.rate_budget("k", RATE, time.monotonic)
     await fleet.aclose()
-    with pytest.raises(FleetError, match="rate token"):
+    with pytest.raises(APIConnectionError, match="rate token") as raised:
         await budget.wait_turn()
+    assert raised.value.request_sent is False
     await budget.refresh()  # logged, not raised
     now = time.monotonic()
     budget.rate_limited(now, 0.0, now)  # nothing to tell anyone: dropped quietly

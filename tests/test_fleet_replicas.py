@@ -92,6 +92,10 @@ async def workers(
             yield started
         finally:
             for worker in started.values():
+                # A worker whose job is done exits by itself (and writes its coverage);
+                # one that hangs is killed.
+                with anyio.move_on_after(10):
+                    await worker.proc.wait()
                 if worker.proc.returncode is None:
                     worker.proc.kill()
                 await worker.proc.wait()

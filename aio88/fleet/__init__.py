@@ -374,6 +374,8 @@ class Fleet:
                 await self.beat(prune=self.beats % FLEET_PRUNE_BEATS == 1)
             except DB_ERRORS as exc:
                 log.warning("aio88 fleet: heartbeat failed (%s); retrying", exc)
+            except Exception:  # a heartbeat that stops silently looks like a dead process
+                log.exception("aio88 fleet: heartbeat failed; retrying")
 
     async def beat(self, *, prune: bool = False) -> None:
         """One heartbeat (the fleet runs one every ``lease / 3`` seconds): renew this

@@ -45,7 +45,8 @@ from .._config import (
     FLEET_SUCCESS_FLUSH,
     RATE_FLOOR,
 )
-from ._errors import DB_ERRORS, FleetError
+from .._errors import APIConnectionError
+from ._errors import DB_ERRORS
 
 __all__ = ["FleetRateBudget", "RateNotice", "parse_notice"]
 
@@ -140,7 +141,8 @@ class FleetRateBudget:
         no 429's pause is in force (also one that began while this call slept).
 
         Raises:
-            FleetError: The database did not answer when a block was needed.
+            APIConnectionError: The database did not answer when a block was needed
+                (nothing was sent: a poll backs off, a create is known not made).
         """
         self._waiting += 1
         try:
@@ -251,8 +253,11 @@ class FleetRateBudget:
                 CONGESTION_RECOVERY,
             )
         except DB_ERRORS as exc:
-            raise FleetError(
-                f"the fleet's database did not hand out a rate token: {type(exc).__name__}: {exc}"
+            # A connection error to the caller, with nothing sent: a poll backs off and
+            # tries again, a create is known not to have been made (never unconfirmed).
+            raise APIConnectionError(
+                f"the fleet's database did not hand out a rate token: {type(exc).__name__}: {exc}",
+                request_sent=False,
             ) from exc
         self.round_trips += 1
         assert row is not None
@@ -264,7 +269,11 @@ class FleetRateBudget:
         self._lowered_until = received + float(row["lowered_for"])
         self._left = want
         self._due = received + due
-        self._expires = sent + due + FLEET_RATE_HOLD
+        # Used at most HOLD after it was due, counted from when the take was sent (what
+        # the bound needs); a round trip slower than HOLD / 2 still leaves half of HOLD,
+        # so a slow database slows the fleet down instead of jamming it (each dropped
+        # block is debt every process pays).
+        self._expires = max(sent + due + FLEET_RATE_HOLD, received + due + FLEET_RATE_HOLD / 2)
 
     def _taken(self, future: asyncio.Future[None]) -> None:
         self._taking = None
