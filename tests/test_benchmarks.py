@@ -238,3 +238,25 @@ async def test_bench_congestion_smoke(outputs: SideBySide) -> None:
     # arriving and the client reading it, longer than the script's grace.)
     assert all(r["during_pauses"] <= 1 for r in runs if r["retry_after"] is not None)
     assert all(r["concurrency"] for r in runs)
+
+
+async def test_bench_fleet_smoke(postgres_dsn: str) -> None:
+    """The fleet benchmark runs its worker processes on a real PostgreSQL: the baseline
+    and the fleet poll the tasks, and the rate budget's requests are counted."""
+    args = ["--dsn", postgres_dsn, "--tasks", "20", "--seconds", "1", "--warmup", "0.2"]
+    args += ["--workers", "2", "--rates", "20", "--rate-seconds", "2", "--json"]
+    report = json.loads(await bench("bench_fleet", *args))
+    base, fleet = report["polling"]
+    assert (base["fleet"], base["processes"], fleet["fleet"], fleet["processes"]) == (
+        False,
+        1,
+        True,
+        2,
+    )
+    assert base["polls"] > 0 and fleet["polls"] > 0
+    assert base["errors"] == fleet["errors"] == 0
+    assert sum(fleet["polls_by_process"]) == fleet["polls"]  # each task by its holder only
+    [limited] = report["rates"]
+    assert limited["rate"] == 20 and limited["requests"] > 0
+    assert limited["first_second"] > 0 and limited["worst_window_after"] >= 0
+    assert {200} >= set(limited["statuses"])

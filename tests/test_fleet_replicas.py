@@ -50,7 +50,16 @@ class Worker:
         self._changed.set()
 
     async def said(self, event: str, count: int = 1) -> list[dict[str, Any]]:
-        """Wait until it has said ``event`` ``count`` times (or fail if it exits first)."""
+        """Wait until it has said ``event`` ``count`` times (or fail if it exits first,
+        or hangs: then with what it said and its traceback-free stderr)."""
+        with anyio.move_on_after(40):
+            return await self._said(event, count)
+        self.proc.kill()
+        assert self.proc.stderr is not None
+        err = (await self.proc.stderr.read()).decode()[-2000:]
+        raise AssertionError(f"{self.name} never said {event!r}: {self.lines}\n{err}")
+
+    async def _said(self, event: str, count: int) -> list[dict[str, Any]]:
         while True:
             found = [line for line in self.lines if line["event"] == event]
             if len(found) >= count:

@@ -117,6 +117,7 @@ class FleetRateBudget:
         self._left = 0
         self._due = 0.0
         self._expires = 0.0
+        self._unused = 0  # tokens of expired blocks, given back with the next take
         self._paused_until = -math.inf
         self._signalled_at = -math.inf
         self._lowered_until = -math.inf
@@ -162,7 +163,8 @@ class FleetRateBudget:
                         continue
                     self._left -= 1
                     return
-                self._left = 0  # what is left of an expired block is dropped
+                self._unused += self._left  # given back by the next take
+                self._left = 0
                 if self._taking is None:
                     self._taking = asyncio.ensure_future(self._take(min(self.block, self._waiting)))
                     self._taking.add_done_callback(self._taken)
@@ -226,7 +228,8 @@ class FleetRateBudget:
     def _pause(self, until: float) -> None:
         if until > self._paused_until:
             self._paused_until = until
-        self._left = 0  # held tokens would go out after the pause: too late
+        self._unused += self._left  # held tokens would go out after the pause: given back
+        self._left = 0
         self._wake()
 
     def _wake(self) -> None:
@@ -243,14 +246,16 @@ class FleetRateBudget:
         assert self.rate is not None
         sent = self._clock()
         try:
+            unused, self._unused = self._unused, 0
             row = await self._pool.fetchrow(
-                "SELECT * FROM aio88_take($1, $2, $3, $4, $5, $6)",
+                "SELECT * FROM aio88_take($1, $2, $3, $4, $5, $6, $7)",
                 self.name,
                 self.rate,
                 want,
                 self.capacity,
                 self._floor,
                 CONGESTION_RECOVERY,
+                unused,
             )
         except DB_ERRORS as exc:
             # A connection error to the caller, with nothing sent: a poll backs off and

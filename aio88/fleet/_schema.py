@@ -106,7 +106,7 @@ $$;
 -- the rate in force, and how many seconds time alone needs to bring it back to the ceiling.
 CREATE OR REPLACE FUNCTION aio88_take(
     p_name text, p_rate double precision, p_want integer, p_capacity double precision,
-    p_floor double precision, p_recovery double precision,
+    p_floor double precision, p_recovery double precision, p_return integer,
     OUT due double precision, OUT paused double precision,
     OUT rate double precision, OUT lowered_for double precision
 ) LANGUAGE plpgsql AS $$
@@ -139,7 +139,9 @@ BEGIN
         tokens_ := least(p_capacity, tokens_ + elapsed * rate);
         r.stamp := start_;
     END IF;
-    tokens_ := tokens_ - p_want;
+    -- Tokens a process took and could not use in time (a late wake-up) come back: left
+    -- as debt, every retake would push every process's next turn further out.
+    tokens_ := least(p_capacity, tokens_ + greatest(0, p_return)) - p_want;
     due := extract(epoch FROM start_ - now_);
     IF tokens_ < 0 THEN
         due := due - tokens_ / rate;
