@@ -23,6 +23,7 @@ from . import (
     bench_congestion,
     bench_decode,
     bench_download,
+    bench_fleet,
     bench_poll,
     bench_scale,
     bench_schedule,
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> None:
         f"python -m benchmarks.bench_download --sizes {' '.join(map(str, mib))} "
         f"--rounds {dl_rounds}",
         bench_download.table(bench_download.run(mib, dl_rounds, [1 << 20], bench_download.CLIENTS)),
+    )
+    fleet_args = ["--tasks", "300", "--seconds", "5"] if quick else ["--rounds", "2"]
+    missing = bench_fleet.unavailable()
+    section(
+        "Fleet",
+        "python -m benchmarks.bench_fleet " + " ".join(fleet_args),
+        f"skipped: {missing}" if missing else bench_fleet.table(bench_fleet.report(fleet_args)),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -165,10 +165,14 @@ class FleetRateBudget:
                     return
                 self._unused += self._left  # given back by the next take
                 self._left = 0
-                if self._taking is None:
-                    self._taking = asyncio.ensure_future(self._take(min(self.block, self._waiting)))
-                    self._taking.add_done_callback(self._taken)
-                await asyncio.shield(self._taking)
+                taking = self._taking
+                # A take that is done but whose callback has not run yet is spent too:
+                # awaiting it again would return at once, and this loop would spin.
+                if taking is None or taking.done():
+                    taking = asyncio.ensure_future(self._take(min(self.block, self._waiting)))
+                    taking.add_done_callback(self._taken)
+                    self._taking = taking
+                await asyncio.shield(taking)
         finally:
             self._waiting -= 1
 
@@ -281,7 +285,8 @@ class FleetRateBudget:
         self._expires = max(sent + due + FLEET_RATE_HOLD, received + due + FLEET_RATE_HOLD / 2)
 
     def _taken(self, future: asyncio.Future[None]) -> None:
-        self._taking = None
+        if self._taking is future:
+            self._taking = None
         if not future.cancelled():
             future.exception()  # retrieved here: the waiters got it, if any were left
         self._wake()
