@@ -41,6 +41,7 @@ from ._config import (
 from ._congestion import Congestion
 from ._coordination import TaskLeases
 from ._errors import (
+    Aio88Error,
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
@@ -604,17 +605,18 @@ class Poller:
 
     async def _poll(self, entry: _Tracked) -> None:
         leases = self._leases
-        if (
-            leases is not None
-            and not entry.unleased
-            and not leases.holds(entry.id)
-            and not await leases.claim(entry.id, entry.kind)
-        ):
-            # Another live process polls it and will tell us its end; try again in a
-            # while, in case that process dies (its lease then runs out).
-            if entry.live:
-                self._push(entry, self._clock.now() + leases.lease / LEASE_CHECKS)
-            return
+        if leases is not None and not entry.unleased and not leases.holds(entry.id):
+            try:
+                held = await leases.claim(entry.id, entry.kind)
+            except Aio88Error as exc:  # the fleet was closed under this poller: say so
+                self._finish(entry, entry.task, exc)
+                return
+            if not held:
+                # Another live process polls it and will tell us its end; try again in a
+                # while, in case that process dies (its lease then runs out).
+                if entry.live:
+                    self._push(entry, self._clock.now() + leases.lease / LEASE_CHECKS)
+                return
         transport = self._transport
         limited_before = transport.rate_limited
         self._in_flight += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +23,7 @@ pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)
 import asyncpg
 
 from aio88._coordination import TaskLeases
+from aio88.fleet import FleetError
 from aio88.fleet._leases import FINISHED_CHANNEL, HINT_CHANNEL, FleetLeases
 from aio88.fleet._listen import Listener
 from aio88.fleet._schema import migrate
@@ -504,3 +505,251 @@ async def test_through_the_fleet(postgres_dsn: str) -> None:
         await released.wait()
         assert await b.leases.claim("t2", "video")
         assert await owner_of(postgres_dsn, "t2") == (b.process_id, False)
+
+
+async def test_tracking_is_counted_per_poller(dsn: str) -> None:
+    """Two pollers of one process wait on a task: the first to drop it keeps the lease
+    for the other; the last one releases it."""
+    async with members(dsn, "a", "b") as (a, b):
+        a.leases.track("t1", "video")
+        a.leases.track("t1", "video")  # a second poller of the same process
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        a.leases.untrack("t1")  # the first poller is done with it
+        await a.leases.renew()  # a pass: a release would have been sent by now
+        assert a.leases.holds("t1")
+        assert await owner_of(dsn, "t1") == ("a", False)
+        assert not [s for s in a.statements if "SET owner = NULL" in s]
+        a.leases.untrack("t1")  # the second one: now nobody here waits on it
+        assert not a.leases.holds("t1")
+        await b.until(lambda: "t1" in b.hints)
+        assert await b.leases.claim("t1", "video")
+        # a third untrack is one too many: it changes nothing
+        a.leases.untrack("t1")
+        assert await owner_of(dsn, "t1") == ("b", False)
+
+
+async def test_an_end_recorded_here_reaches_the_other_pollers_here(dsn: str) -> None:
+    async with members(dsn, "a", lease=QUIET) as (a,):
+        other: list[tuple[str, str, bytes]] = []
+        a.leases.subscribe(lambda *end: other.append(end), lambda task_id: None)
+        a.leases.track("t1", "video")  # the poller that will see the end
+        a.leases.track("t1", "video")  # another poller of the process
+        assert await a.leases.claim("t1", "video")
+        a.leases.finished("t1", "video", b"end")
+        # not during the call: the recording poller drops the task right after it and
+        # must not be finished twice
+        assert a.finished == other == []
+        a.leases.untrack("t1")
+        await asyncio.sleep(0)
+        assert a.finished == other == [("t1", "video", b"end")]
+        # a poller here that starts waiting on it now hears of it one turn later too
+        a.leases.track("t1", "video")
+        assert len(other) == 1
+        await asyncio.sleep(0)
+        assert other == [("t1", "video", b"end")] * 2
+        # and so does one still claiming it (it missed the end somehow)
+        assert not await a.leases.claim("t1", "video")
+        await asyncio.sleep(0)
+        assert len(other) == 3
+        for _ in range(2):
+            a.leases.untrack("t1")
+        await a.leases.renew()
+        assert await owner_of(dsn, "t1") == ("a", True)  # recorded once, not released
+        assert len([s for s in a.statements if "finished_at = clock_timestamp()" in s]) == 1
+
+
+async def test_one_poller_alone_is_not_told_its_own_end(dsn: str) -> None:
+    async with members(dsn, "a", lease=QUIET) as (a,):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        a.leases.finished("t1", "video", b"end")
+        a.leases.untrack("t1")
+        await a.leases.renew()
+        assert await owner_of(dsn, "t1") == ("a", True)
+        assert a.finished == []
+
+
+async def test_two_pollers_of_one_client_share_the_end(postgres_dsn: str) -> None:
+    """``client.watch()`` and ``client.poller()`` (here: two pollers) in one process wait
+    on one task. The one that polls often sees it end; the other, polling hourly, hears
+    of it from the fleet at once."""
+    import anyio
+
+    from aio88 import Client, Schedule, Status, Video
+    from aio88.fleet import Fleet
+    from aio88.testing import Emulator
+
+    async with (
+        Emulator(duration=None) as emu,
+        Fleet(postgres_dsn, lease=QUIET) as fleet,
+        Client("sk-test", base_url=emu.base_url, fleet=fleet) as client,
+        client.poller(schedule=Schedule.fixed(3600), timeout=None) as slow,
+        client.poller(schedule=Schedule.fixed(0.05), timeout=None) as fast,
+    ):
+        task_id = emu.add_task()
+        path = f"/v1/videos/{task_id}"
+
+        def polls() -> int:
+            return sum(1 for r in emu.requests if r.method == "GET" and r.path == path)
+
+        results: list[Video] = []
+
+        async def wait(poller: Any) -> None:
+            results.append(await poller.wait(task_id))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, slow)
+            while polls() < 1:  # noqa: ASYNC110 - state in the emulator
+                await anyio.sleep(0.01)
+            tg.start_soon(wait, fast)
+            while polls() < 3:  # noqa: ASYNC110 - state in the emulator
+                await anyio.sleep(0.01)
+            emu.complete(task_id)
+        assert [task.status for task in results] == [Status.SUCCEEDED] * 2
+        assert fleet.leases.holds(task_id) is False
+
+
+async def release_during_a_claim(dsn: str, a: Member, b: Member, claim: Awaitable[bool]) -> bool:
+    """b claims t1 (which a holds) and t2 in one statement, and a releases t1 after that
+    statement's snapshot was taken, its hint reaching b before the answer; returns what
+    ``claim`` (awaited meanwhile) returned.
+
+    Done with a lock, no timing: another connection inserts t2 without committing, so the
+    claim's insert of t2 waits for it; meanwhile a releases t1; then the insert is rolled
+    back and the claim answers from its snapshot, in which a still holds t1."""
+    blocker = await asyncpg.connect(dsn)
+    admin = await asyncpg.connect(dsn)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(
+            "INSERT INTO aio88_tasks (task_id, kind, owner, lease_until)"
+            " VALUES ('t2', 'video', 'blocker', now())"
+        )
+        b.leases.track("t1", "video")
+        b.leases.track("t2", "video")
+        pending = asyncio.ensure_future(claim)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%inserted AS%'"
+        )
+        while not await admin.fetchval(waiting):  # noqa: ASYNC110 - state in the database
+            await asyncio.sleep(0.01)
+        a.leases.untrack("t1")  # released, and announced, after b's snapshot
+        await b.until(lambda: "t1" in b.hints)
+        await transaction.rollback()
+        return await pending
+    finally:
+        await blocker.close()
+        await admin.close()
+
+
+def claims_sent(member: Member, since: int) -> int:
+    """How many claim statements ``member`` sent after its first ``since`` statements."""
+    return len([s for s in member.statements[since:] if "inserted AS" in s])
+
+
+async def test_a_release_during_a_claim_is_not_missed(dsn: str) -> None:
+    """The claim's answer still shows the old lease, but the release's hint came before
+    it: the claim asks once more, at once, instead of waiting out that lease."""
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        sent = await b.sent()
+        assert await release_during_a_claim(dsn, a, b, b.leases.claim("t1", "video"))
+        assert claims_sent(b, sent) == 2  # the one held up, and one more
+        assert await owner_of(dsn, "t1") == ("b", False)
+
+
+async def test_a_release_during_a_background_claim_is_not_missed(dsn: str) -> None:
+    """The same race when nobody waited on t1's answer (the claim that ``track`` queues,
+    or the heartbeat's): the old lease it saw is not trusted, so the next claim() asks."""
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        # the claim of t2 joins the held-up statement: it returns with its answer
+        assert await release_during_a_claim(dsn, a, b, b.leases.claim("t2", "video"))
+        assert not b.leases.holds("t1")
+        sent = await b.sent()
+        assert await b.leases.claim("t1", "video")
+        assert claims_sent(b, sent) == 1
+        assert await owner_of(dsn, "t1") == ("b", False)
+
+
+async def test_a_hint_makes_the_next_claim_ask(dsn: str) -> None:
+    """A known valid lease answers claims without a round trip; a hint (perhaps a
+    release) makes the next one ask, and the answer is trusted again."""
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        b.leases.track("t1", "video")
+        assert not await b.leases.claim("t1", "video")
+        sent = await b.sent()
+        assert not await b.leases.claim("t1", "video")
+        assert await b.sent() == sent
+        b.leases.on_notify(HINT_CHANNEL, "t1")  # a callback for t1, not a release
+        assert not await b.leases.claim("t1", "video")  # a still holds it
+        assert claims_sent(b, sent) == 1  # one round trip, not a second one
+        assert not await b.leases.claim("t1", "video")
+        assert claims_sent(b, sent) == 1
+
+
+async def test_claims_after_the_fleet_closed_raise(dsn: str) -> None:
+    """A poller still running after its fleet closed (the wrong nesting) must not wait
+    forever on claims that always say no: it hears why."""
+    async with members(dsn, "a", lease=QUIET) as (a,):
+        a.leases.track("t1", "video")
+        assert await a.leases.claim("t1", "video")
+        await a.leases.release_all()
+        with pytest.raises(FleetError, match=r"the fleet was closed.*async with Client\(fleet"):
+            await a.leases.claim("t1", "video")
+        with pytest.raises(FleetError):
+            await a.leases.claim("t2", "video")
+        # the poller's own exit still works
+        a.leases.track("t3", "video")
+        assert not a.leases.holds("t3")
+        for task_id in ("t1", "t2", "t3"):
+            a.leases.untrack(task_id)
+        a.leases.finished("t1", "video", b"after")  # ignored
+        a.leases.hint("t1")
+    assert await owner_of(dsn, "t1") == (None, False)
+
+
+async def test_claims_after_fleet_aclose_raise(postgres_dsn: str) -> None:
+    from aio88.fleet import Fleet
+
+    async with Fleet(postgres_dsn, lease=QUIET) as fleet:
+        leases = fleet.leases
+        leases.track("t1", "video")
+        assert await leases.claim("t1", "video")
+    with pytest.raises(FleetError, match="the fleet was closed"):
+        await leases.claim("t1", "video")
+
+
+async def test_an_end_recorded_without_the_task_is_still_reported(dsn: str) -> None:
+    """A finished row without ``task_json`` (finished by hand, say) is reported with empty
+    bytes: the poller cannot decode them and polls the task itself."""
+    async with members(dsn, "a", "b", lease=QUIET) as (a, b):
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(
+                "INSERT INTO aio88_tasks (task_id, kind, finished_at)"
+                " VALUES ('t1', 'generation', now())"
+            )
+            a.leases.track("t1", "video")  # found by the claim
+            await a.until(lambda: bool(a.finished))
+            assert a.finished == [("t1", "generation", b"")]
+            b.leases.track("t2", "video")
+            assert await b.leases.claim("t2", "video")
+            a.leases.track("t2", "video")
+            assert not await a.leases.claim("t2", "video")
+            await admin.execute(  # found by the read a notification causes
+                "UPDATE aio88_tasks SET finished_at = now(), lease_until = NULL"
+                " WHERE task_id = 't2'"
+            )
+            await admin.execute("SELECT pg_notify('aio88_finished', 't2')")
+            await a.until(lambda: len(a.finished) == 2)
+            assert a.finished[1] == ("t2", "video", b"")
+        finally:
+            await admin.close()

@@ -120,3 +120,28 @@ def test_a_fleet_must_be_started_for_a_client(postgres_dsn: str) -> None:
         Client(KEY, fleet=fleet)
     with pytest.raises(TypeError, match=r"aio88\.fleet\.Fleet"):
         Client(KEY, fleet=object())  # type: ignore[arg-type]
+
+
+async def test_a_fleet_closed_under_a_poller_fails_its_waits_clearly(postgres_dsn: str) -> None:
+    async with Emulator(duration=None) as emu:
+        task_id = emu.add_task()
+        fleet = Fleet(postgres_dsn, lease=1.0)
+        await fleet.start()
+        async with (
+            Client(KEY, base_url=emu.base_url, fleet=fleet) as client,
+            client.poller(schedule=Schedule.fixed(0.05), timeout=None) as poller,
+        ):
+            failure: list[BaseException] = []
+
+            async def wait() -> None:
+                try:
+                    await poller.wait(task_id)
+                except FleetError as exc:
+                    failure.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await until(lambda: emu.count("GET") >= 1)
+                await fleet.aclose()  # the wrong order: the fleet before its poller
+    [error] = failure
+    assert "close the fleet after the clients and pollers" in str(error)

@@ -13,7 +13,13 @@ re-claim of the same id).
 
 A release (``untrack``, :meth:`FleetLeases.release_all`) is announced on the hint channel:
 the other processes waiting on the task would otherwise try again only when the lease
-they last saw runs out; a hint makes them claim at once.
+they last saw runs out; a hint makes them claim at once. A claim whose answer may predate
+such a release (a hint for the task came while it was on its way: its snapshot may show
+the old lease) is asked again at once instead of trusting that lease.
+
+Several pollers of one process (``client.watch()`` and ``client.poller()``, two clients
+on one fleet) share the process's leases: ``track``/``untrack`` are counted per task, and
+an end one of them records reaches the others.
 
 Safety does not depend on the machines' clocks agreeing: a lease ends at the database's
 ``clock_timestamp() + lease``, and this process stops believing it holds one at the
@@ -30,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from .._config import FLEET_BATCH, FLEET_LEASE_MARGIN
+from ._errors import FleetError
 
 if TYPE_CHECKING:
     import asyncpg
@@ -142,10 +149,22 @@ _HINT = "SELECT count(pg_notify('aio88_hint', id)) FROM unnest($1::text[]) AS id
 class _Entry:
     """What this process knows of one tracked task."""
 
-    __slots__ = ("done", "held", "held_until", "kind", "retry_at")
+    __slots__ = (
+        "done",
+        "ended",
+        "heard",
+        "held",
+        "held_until",
+        "hints",
+        "kind",
+        "refs",
+        "retry_at",
+    )
 
     def __init__(self, kind: Kind) -> None:
         self.kind: Kind = kind
+        #: How many ``track()`` calls (pollers of this process) wait on it.
+        self.refs = 1
         #: The last claim or renewal made it ours (it may have expired locally since).
         self.held = False
         #: Local monotonic time until which it is surely ours.
@@ -154,6 +173,12 @@ class _Entry:
         self.retry_at = 0.0
         #: Its end is known (recorded here or reported): no more claims or renewals.
         self.done = False
+        #: The end as known (kind, task), for a poller here that tracks it later.
+        self.ended: tuple[Kind, bytes] | None = None
+        #: Hints heard for it; ``heard``: how many had been when the last answered claim
+        #: was sent. Unequal: the answer may predate a release (see ``_claimed``).
+        self.hints = 0
+        self.heard = 0
 
 
 class _DatabaseError(Exception):
@@ -173,9 +198,18 @@ class FleetLeases:
     and ``aio88_hint`` channels, :meth:`on_reconnect` after its LISTEN connection came
     back, :meth:`release_all` then :meth:`aclose` on a clean exit.
 
-    ``track``/``untrack`` are not counted: one ``untrack`` ends the tracking of an id
-    however often it was tracked. ``on_finished`` is called at most once per tracking,
-    never for a task this process recorded with :meth:`finished`.
+    ``track``/``untrack`` are counted per id: the lease is kept, and the id tracked, until
+    as many ``untrack`` calls as ``track`` calls (one each per poller of this process that
+    waits on it). Every subscriber's ``on_finished`` is called when a tracked task's end
+    becomes known: another process recorded it, or its row says so when it is claimed or
+    re-read, or another poller of this process recorded it with :meth:`finished` (one
+    event-loop turn later, when the recording poller has dropped it already); and again,
+    one turn later, when a poller here tracks (or claims) an id whose end is known. A
+    subscriber that no longer waits on the id ignores the call.
+
+    After :meth:`release_all` or :meth:`aclose`, :meth:`claim` raises
+    :class:`~aio88.fleet.FleetError`: a poller still running would otherwise never poll
+    again (the fleet must be closed after the clients and pollers that use it).
     """
 
     def __init__(
@@ -251,10 +285,12 @@ class FleetLeases:
                 self._kick()
         elif channel == HINT_CHANNEL:
             entry = self._tracked.get(payload)
-            if entry is not None and not entry.held:
-                # its holder may have let it go (a release is announced so): a claim is
-                # worth a round trip again, from claim() or the next heartbeat
-                entry.retry_at = 0.0
+            if entry is not None:
+                entry.hints += 1
+                if not entry.held:
+                    # its holder may have let it go (a release is announced so): a claim
+                    # is worth a round trip again, from claim() or the next heartbeat
+                    entry.retry_at = 0.0
             for _, on_hint in list(self._subscribers):
                 self._call(on_hint, payload)
 
@@ -264,6 +300,9 @@ class FleetLeases:
         if self._closed:
             return
         self._reread_all = True
+        for entry in self._tracked.values():
+            if not entry.held:  # a release's hint may have been lost too: claim anew
+                entry.retry_at = 0.0
         async with self._lock:
             await self._guarded_pass(beat=False)
 
@@ -308,21 +347,33 @@ class FleetLeases:
         return unsubscribe
 
     def track(self, task_id: str, kind: Kind) -> None:
-        """Wait on ``task_id``: claim it in the background (if its row says it ended,
-        ``on_finished`` is called soon) and report its end if another process records it."""
-        if self._closed or task_id in self._tracked:
+        """Wait on ``task_id`` (one more poller here does): claim it in the background (if
+        its row says it ended, ``on_finished`` is called soon) and report its end if
+        another process, or another poller here, records it."""
+        entry = self._tracked.get(task_id)
+        if entry is not None:
+            entry.refs += 1
+            if entry.ended is not None:  # the new tracker has not heard of the end
+                self._tell_soon(task_id, *entry.ended)
             return
         self._tracked[task_id] = _Entry(kind)
+        if self._closed:
+            return  # counted all the same, so that the untrack calls balance
         # A release still queued would undo the claim below: this process keeps the lease.
         self._to_release.discard(task_id)
         self._to_claim.add(task_id)
         self._kick()
 
     def untrack(self, task_id: str) -> None:
-        """Nobody here waits on ``task_id`` any more: release its lease (in the background)."""
-        entry = self._tracked.pop(task_id, None)
+        """One poller here no longer waits on ``task_id``; when none does (as many calls as
+        to :meth:`track`), release its lease (in the background)."""
+        entry = self._tracked.get(task_id)
         if entry is None:
             return
+        entry.refs -= 1
+        if entry.refs > 0:
+            return
+        del self._tracked[task_id]
         self._to_claim.discard(task_id)
         self._to_read.discard(task_id)
         # A claim being sent may still make it ours: its answer queues the release then.
@@ -342,15 +393,33 @@ class FleetLeases:
         """Take ``task_id``'s lease if nobody else holds it (tracking it if it was not);
         whether it is held. Answers at once while it is held, or while another process's
         lease on it is known to be valid; otherwise joins the claim of the next batch (or
-        the one being sent for this id). ``False`` also when the database cannot be
-        reached (the background claims it again on the next heartbeat)."""
-        if self._closed:
-            return False
-        entry = self._tracked.get(task_id)
-        if entry is None:
+        the one being sent for this id), and once more if a hint for it came before that
+        answer was taken in (the answer may show a lease released meanwhile). ``False``
+        also when the database cannot be reached (the background claims it again on the
+        next heartbeat).
+
+        Raises:
+            FleetError: The fleet was closed (:meth:`release_all`, :meth:`aclose`).
+        """
+        self._check_open()
+        if task_id not in self._tracked:
             self.track(task_id, kind)
-            entry = self._tracked[task_id]
+        answer = await self._claim_once(task_id, last=False)
+        if answer is None:
+            # A hint came after the claim was sent: its holder may have released it after
+            # the snapshot that answered was taken. One more round trip says.
+            answer = await self._claim_once(task_id, last=True)
+        return bool(answer)
+
+    async def _claim_once(self, task_id: str, *, last: bool) -> bool | None:
+        """One claim of ``task_id``; ``None`` (unless ``last``): not held, but the answer
+        may predate a release, so worth asking again now."""
+        entry = self._tracked.get(task_id)
+        if entry is None:  # every poller here dropped it while the claim was on its way
+            return False
         if entry.done:
+            if entry.ended is not None:  # a caller still claiming it missed the end
+                self._tell_soon(task_id, *entry.ended)
             return False
         now = self._clock()
         if entry.held and now < entry.held_until:
@@ -366,19 +435,40 @@ class FleetLeases:
             self._urgent = True
             self._kick()
         await event.wait()
-        return self.holds(task_id)
+        self._check_open()
+        if self.holds(task_id):
+            return True
+        entry = self._tracked.get(task_id)
+        if last or entry is None or entry.done or entry.held or entry.heard == entry.hints:
+            return False
+        return None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FleetError(
+                "the fleet was closed while a poller still uses it: close the fleet after "
+                "the clients and pollers that use it (async with Fleet(...) as fleet: "
+                "async with Client(fleet=fleet) as client: ...)"
+            )
 
     def finished(self, task_id: str, kind: Kind, task_json: bytes) -> None:
         """This process saw ``task_id`` end: record it (in the background, only while this
         process still holds the lease: the first writer wins) and wake every other
-        process's waiters. Does nothing for a task this process does not hold."""
+        process's waiters, and this process's other pollers that wait on it. Does nothing
+        for a task this process does not hold."""
         entry = self._tracked.get(task_id)
         if entry is None or not entry.held or entry.done:
             return
         entry.done = True
+        entry.ended = (kind, task_json)
         self._to_claim.discard(task_id)
         self._to_finish[task_id] = (kind, task_json)
         self._kick()
+        if entry.refs > 1:
+            # Another poller here waits on it too, and our own NOTIFY is not reported back
+            # (see on_notify). Told one turn later, not now: the recording poller calls
+            # this before it drops the task, and must not be finished twice.
+            self._tell_soon(task_id, kind, task_json)
 
     def hint(self, task_id: str) -> None:
         """A callback for ``task_id`` arrived here: announce it to every process (in the
@@ -539,8 +629,11 @@ class FleetLeases:
 
         async def send(chunk: list[str]) -> None:
             kinds = [self._tracked[i].kind if i in self._tracked else "video" for i in chunk]
+            # the hints heard so far: one heard later may mean the answer is out of date
+            marks = {i: (e, e.hints) for i in chunk if (e := self._tracked.get(i)) is not None}
             sent = self._clock()
-            self._claimed(await self._fetch(_CLAIM, chunk, kinds, self._me, self._lease), sent)
+            rows = await self._fetch(_CLAIM, chunk, kinds, self._me, self._lease)
+            self._claimed(rows, sent, marks)
 
         try:
             await self._in_chunks(ids, send, self._to_claim.update)
@@ -550,7 +643,12 @@ class FleetLeases:
                     del self._claim_sent[task_id]
             event.set()
 
-    def _claimed(self, rows: Iterable[asyncpg.Record], sent: float) -> None:
+    def _claimed(
+        self,
+        rows: Iterable[asyncpg.Record],
+        sent: float,
+        marks: dict[str, tuple[_Entry, int]],
+    ) -> None:
         for row in rows:
             task_id: str = row["task_id"]
             entry = self._tracked.get(task_id)
@@ -568,10 +666,21 @@ class FleetLeases:
                 self._report(task_id, entry, row["kind"], row["task_json"])
             else:
                 entry.held = False
+                mark = marks.get(task_id)
+                entry.heard = mark[1] if mark is not None and mark[0] is entry else -1
                 remaining = row["remaining"]
-                # ``None``: the row appeared after the statement's snapshot (another
-                # process claimed it just now): ask again on the next heartbeat
-                entry.retry_at = sent + max(remaining, 0.0) if remaining is not None else sent
+                if entry.heard != entry.hints:
+                    # A hint came while the claim was on its way, perhaps the holder's
+                    # release: committed after the statement's snapshot was taken, it is
+                    # not in the answer, which shows the old lease. Not trusted: the
+                    # claim() waiting asks again at once, or the next heartbeat does.
+                    entry.retry_at = 0.0
+                elif remaining is None:
+                    # the row appeared after the statement's snapshot (another process
+                    # claimed it just now): ask again on the next heartbeat
+                    entry.retry_at = sent
+                else:
+                    entry.retry_at = sent + max(remaining, 0.0)
 
     async def _send_reads(self) -> None:
         if self._reread_all:
@@ -605,12 +714,23 @@ class FleetLeases:
         """Another process recorded ``task_id``'s end: tell every subscriber, once."""
         entry.done = True
         entry.held = False
-        if task_json is None:  # pragma: no cover - a row finished by hand, without the task
+        if task_json is None:
+            # A row finished without the task (by hand, say). The waiters must still hear
+            # of it: empty bytes do not decode, so the poller asks the API itself.
             log.warning("aio88.fleet: task %s is finished but its row holds no task", task_id)
-            return
+            task_json = b""
         known = cast("Kind", kind) if kind in _KINDS else entry.kind
+        entry.ended = (known, bytes(task_json))
+        self._tell(task_id, *entry.ended)
+
+    def _tell_soon(self, task_id: str, kind: Kind, task_json: bytes) -> None:
+        """:meth:`_tell`, one event-loop turn later (the caller is a poller, mid-step)."""
+        asyncio.get_running_loop().call_soon(self._tell, task_id, kind, task_json)
+
+    def _tell(self, task_id: str, kind: Kind, task_json: bytes) -> None:
+        """Every subscriber hears of ``task_id``'s end (those not waiting on it ignore it)."""
         for on_finished, _ in list(self._subscribers):
-            self._call(on_finished, task_id, known, bytes(task_json))
+            self._call(on_finished, task_id, kind, task_json)
 
     @staticmethod
     def _call(handler: Callable[..., object], *args: object) -> None:
