@@ -54,6 +54,7 @@ __all__ = [
     "FLEET_LEASE_MARGIN",
     "FLEET_BATCH",
     "FLEET_BATCH_TEND",
+    "FLEET_BATCH_DEAD_LEASES",
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
@@ -189,6 +190,9 @@ FLEET_BATCH = 5000
 #: Seconds between a fleet batch worker's looks at the shared ledger (``aio88 run --ledger``):
 #: taking over a dead worker's tasks, marking its creates unconfirmed, seeing the batch end.
 FLEET_BATCH_TEND = 0.5
+#: A batch worker counts as dead once its heartbeat is older than this many of its leases
+#: (not one: a late heartbeat, a stalled loop or a slow database must not look like death).
+FLEET_BATCH_DEAD_LEASES = 2
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

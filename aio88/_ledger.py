@@ -247,9 +247,11 @@ class Ledger:
         path: str | None = None,
         size: int | None = None,
         sha256: str | None = None,
-    ) -> None:
+        was: str | None = None,
+    ) -> bool:
         """Move a job to ``state`` (committed when this returns); a downloaded job's file
-        is recorded with its size and SHA-256, to be checked later.
+        is recorded with its size and SHA-256, to be checked later. With ``was``, only a
+        job still in that state moves. Returns whether the job moved.
 
         A move to ``submitting`` also records when: the first such time is kept, and the
         last; together they bound when a task its create made can have been stored
@@ -258,14 +260,29 @@ class Ledger:
         state = JobState(state)  # a misspelt state fails here, not in a later run's query
         now = time.time()
         sending = now if state is JobState.SUBMITTING else None
-        self._db.execute(
+        query = (
             "UPDATE jobs SET state = ?, task_id = COALESCE(?, task_id), error = ?, "
             "path = COALESCE(?, path), size = COALESCE(?, size), "
             "sha256 = COALESCE(?, sha256), updated_at = ?, "
             "sending_since = COALESCE(sending_since, ?), "
-            "sending_last = COALESCE(?, sending_last) WHERE key = ?",
-            (state.value, task_id, error, path, size, sha256, now, sending, sending, key),
+            "sending_last = COALESCE(?, sending_last) WHERE key = ?"
         )
+        params: tuple[Any, ...] = (
+            state.value,
+            task_id,
+            error,
+            path,
+            size,
+            sha256,
+            now,
+            sending,
+            sending,
+            key,
+        )
+        if was is not None:
+            query += " AND state = ?"
+            params += (JobState(was).value,)
+        return self._db.execute(query, params).rowcount == 1
 
     def task_ids(self) -> set[str]:
         """Every task id the ledger knows (each belongs to one job)."""
@@ -317,8 +334,18 @@ class LedgerStore(Protocol):
         path: str | None = None,
         size: int | None = None,
         sha256: str | None = None,
-    ) -> None:
-        """Move a job to ``state`` (see :meth:`Ledger.set_state`)."""
+        was: str | None = None,
+    ) -> bool:
+        """Move a job to ``state`` (see :meth:`Ledger.set_state`); ``False``: it did not
+        move.
+
+        Without ``was``: a step of the worker that holds the job (its create's result,
+        its task's outcome). A shared ledger moves it only while this worker still owns
+        it; ``False`` means another worker took it over, and this one must leave it
+        alone. With ``was``: a change to a job nobody works on now (an ``unconfirmed``
+        one settled, a ``downloaded`` one whose file is gone), made only if the job is
+        still in state ``was``; a shared ledger then leaves it to no owner.
+        """
         ...
 
     async def task_ids(self) -> set[str]:
@@ -345,7 +372,10 @@ class SharedLedger(LedgerStore, Protocol):
     one statement, *before* its create is sent, and only when a create slot is free: so a
     worker never holds more ``submitting`` jobs than creates in flight. Its task is then
     polled and downloaded by the same worker, or, once that worker is dead (no heartbeat
-    within its lease), by the live one that takes it over.
+    within ``FLEET_BATCH_DEAD_LEASES`` of its leases), by the live one that takes it over.
+    Every later step of a job is written only while its worker still owns it
+    (:meth:`set_state`): a worker counted dead that comes back (a machine that slept)
+    finds its jobs gone and leaves them alone.
     """
 
     worker: str
@@ -374,12 +404,13 @@ class SharedLedger(LedgerStore, Protocol):
 
     async def timed_out(self, key: str) -> None:
         """This worker gave up waiting for ``key``'s task (``--timeout``): no other worker
-        takes it over in this batch run; a worker started later polls it again."""
+        takes it over in this batch run; a worker started later polls it again (only
+        while this worker owns it)."""
         ...
 
-    async def disown(self, key: str) -> None:
-        """``key`` belongs to nobody now (its file is to be fetched again): the next
-        :meth:`take_over` of any worker takes it."""
+    async def holds(self, key: str) -> bool:
+        """Whether this worker still owns ``key``'s ``submitted`` job (asked before its
+        video is downloaded: a job taken over is fetched by its new owner only)."""
         ...
 
     async def open_elsewhere(self, skip: set[str]) -> int:
@@ -427,10 +458,11 @@ class SqliteStore:
         path: str | None = None,
         size: int | None = None,
         sha256: str | None = None,
-    ) -> None:
-        """See :meth:`Ledger.set_state`."""
-        self.ledger.set_state(
-            key, state, task_id=task_id, error=error, path=path, size=size, sha256=sha256
+        was: str | None = None,
+    ) -> bool:
+        """See :meth:`Ledger.set_state` (one run: the job is always its own)."""
+        return self.ledger.set_state(
+            key, state, task_id=task_id, error=error, path=path, size=size, sha256=sha256, was=was
         )
 
     async def task_ids(self) -> set[str]:

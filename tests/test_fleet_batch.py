@@ -4,7 +4,10 @@
 What must hold: three workers on one 60-job batch and one ``--out``, one killed with
 SIGKILL mid-way: no job is created twice, the survivors finish every job the dead one had
 submitted (once its lease is over), no ``.part`` is left, and a rerun with
-``--resend-unconfirmed`` completes the batch with every file present once.
+``--resend-unconfirmed`` completes the batch with every file present once. Also: a worker
+stopped (SIGSTOP) past two of its leases, then woken, leaves the jobs taken over from it
+alone; ``--reconcile --ledger`` settles the shared batch's unconfirmed jobs; Ctrl-C of one
+worker exits 130 and hands its polls over at once.
 """
 
 from __future__ import annotations
@@ -206,4 +209,234 @@ async def test_a_worker_killed_mid_way(tmp_path: Path, postgres_dsn: str) -> Non
     paths = [row[0] for row in await _rows(postgres_dsn, "SELECT path FROM aio88_batch_jobs")]
     files = {path.absolute() for path in (out / "videos").glob("*.mp4")}
     assert len(set(paths)) == total and {Path(path) for path in paths} == files
+    assert not list(out.rglob("*.part"))
+
+
+def _model_jobs(path: Path, n: int) -> Path:
+    """Jobs with a model, as ``--reconcile`` needs to tell their tasks apart."""
+    lines = [
+        {"kind": "video", "model": "sora-2", "prompt": f"fox {i}", "key": f"job-{i}"}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _dashboard_env(emu: Emulator) -> dict[str, str]:
+    env = _env(emu)
+    env.update(AIO88_DASHBOARD_TOKEN=emu.dashboard_token, AIO88_USER_ID=str(emu.user_id))
+    return env
+
+
+def _file_events(path: Path) -> list[dict[str, Any]]:
+    return _events(path.read_text())
+
+
+async def _until_rows(dsn: str, query: str, *args: object, within: float = 60.0) -> None:
+    """Until ``query``'s first value is true (the batch table may not exist yet)."""
+    with anyio.fail_after(within):
+        while True:
+            await anyio.sleep(0.05)
+            made = await _rows(dsn, "SELECT to_regclass('aio88_batch_jobs') IS NOT NULL")
+            if made[0][0] and (await _rows(dsn, query, *args))[0][0]:
+                return
+
+
+async def _until_held(emu: Emulator, count: int) -> None:
+    """Until ``count`` creates are held by the emulator (received, not answered)."""
+    with anyio.fail_after(30):
+        while sum(r.method == "POST" and r.elapsed is None for r in emu.requests) < count:  # noqa: ASYNC110 - the emulator's log, no event to wait on
+            await anyio.sleep(0.02)
+
+
+_SNAPSHOT = (
+    "SELECT key, state, task_id, path, size, sha256, owner, error, timed_out, updated_at "
+    "FROM aio88_batch_jobs ORDER BY key"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A worker stopped (SIGSTOP: a laptop asleep) with tasks to poll and creates held by
+    the server, for longer than two of its leases: a live worker takes its tasks over and
+    marks its creates in flight unconfirmed. Woken (SIGCONT), the sleeper finds those jobs
+    no longer its own: it downloads nothing, writes nothing (the batch is exactly as the
+    taker left it) and says so (``lost``); no job is created twice. A rerun with
+    ``--reconcile`` then finds the unconfirmed creates' tasks in the dashboard's list and
+    completes the batch, one file per job."""
+    total = 12
+    jobs, out = _model_jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
+    async with Emulator(duration=(1.0, 1.5), poll_after_ms=100) as emu:
+        env = _dashboard_env(emu)
+        argv = ["run", str(jobs), "--out", str(out), "--ledger", postgres_dsn, "--lease", "1"]
+        emu.faults.latency = 0.2  # creates take a while: some are left when it is stopped
+        sleeper_log = tmp_path / "sleeper.jsonl"
+        with sleeper_log.open("wb") as log:
+            sleeper = await anyio.open_process(
+                [*AIO88, *argv, "--create-concurrency", "2", "-v", "--json"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.DEVNULL,
+            )
+        mine = f"%:{sleeper.pid}:%"
+        try:
+            await _until_rows(
+                postgres_dsn,
+                "SELECT count(*) >= 4 FROM aio88_batch_jobs WHERE state = 'submitted' "
+                "AND owner LIKE $1",
+                mine,
+            )
+            emu.faults.latency = 60.0  # its next creates are held: sent, not answered
+            await _until_held(emu, 1)
+            sleeper.send_signal(signal.SIGSTOP)
+            held = dict(
+                await _rows(
+                    postgres_dsn,
+                    "SELECT key, state FROM aio88_batch_jobs WHERE owner LIKE $1",
+                    mine,
+                )
+            )
+            submitted = {key for key, state in held.items() if state == "submitted"}
+            in_flight = {key for key, state in held.items() if state == "submitting"}
+            assert submitted and in_flight
+            # The held creates are stored now; their answers wait in the sleeper's socket.
+            emu.faults.latency = 0.0
+
+            code, stdout, stderr = await _aio88(*argv, "-v", "--json", env=env)
+            assert code == 1, stderr  # the sleeper's creates in flight are unconfirmed
+            taken = {e["key"] for e in _events(stdout) if e["event"] == "taken_over"}
+            assert submitted <= taken
+            states = dict(await _rows(postgres_dsn, "SELECT key, state FROM aio88_batch_jobs"))
+            assert {k for k, s in states.items() if s == "unconfirmed"} == in_flight
+            assert all(states[key] == "downloaded" for key in submitted)
+            before = await _rows(postgres_dsn, _SNAPSHOT)
+            seen = len(emu.requests)
+
+            sleeper.send_signal(signal.SIGCONT)
+            with anyio.fail_after(60):
+                assert await sleeper.wait() == 1
+        finally:
+            if sleeper.returncode is None:
+                sleeper.send_signal(signal.SIGCONT)
+                sleeper.kill()
+            await sleeper.aclose()
+        assert await _rows(postgres_dsn, _SNAPSHOT) == before  # nothing overwritten
+        woken = emu.requests[seen:]
+        assert not [r for r in woken if r.origin == "media" or r.path.endswith("/content")]
+        assert not [r for r in woken if r.method == "POST"]
+        lost = {e["key"] for e in _file_events(sleeper_log) if e["event"] == "lost"}
+        assert submitted <= lost  # said, at -v
+        assert lost <= submitted | in_flight
+        prompts = Counter(task.prompt for task in emu.tasks.values())
+        assert len(prompts) == total and set(prompts.values()) == {1}  # none created twice
+
+        # Two minutes later, as far as the creates' deadlines go: --reconcile settles the
+        # unconfirmed jobs from the dashboard's task list.
+        connection = await asyncpg.connect(postgres_dsn)
+        try:
+            await connection.execute(
+                "UPDATE aio88_batch_jobs SET sending_since = sending_since - 120, "
+                "sending_last = sending_last - 120"
+            )
+        finally:
+            await connection.close()
+        code, stdout, stderr = await _aio88(
+            *argv, "--reconcile", "--settle", "0", "--json", env=env
+        )
+        assert code == 0, stderr + stdout
+        adopted = {e["key"]: e["id"] for e in _events(stdout) if e["event"] == "adopted"}
+        assert set(adopted) == in_flight
+        assert {emu.tasks[i].prompt for i in adopted.values()} == {
+            f"fox {key.split('-')[1]}" for key in in_flight
+        }
+    assert len(emu.tasks) == total  # one task per job, none created twice
+    rows = await _rows(postgres_dsn, "SELECT state, path FROM aio88_batch_jobs")
+    assert {row[0] for row in rows} == {"downloaded"}
+    files = {path.absolute() for path in (out / "videos").glob("*.mp4")}
+    assert {Path(row[1]) for row in rows} == files and len(files) == total
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_ctrl_c_of_one_worker_hands_its_polls_over_at_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """Two workers; the first, whose lease is ten minutes, gets Ctrl-C (SIGINT) while its
+    creates are held by the server: it sends nothing more, its creates sent get their
+    answers within the grace (submitted, as in a single run), it exits 130 and leaves its
+    process row, so the other takes its tasks over at once (not after ten minutes) and
+    finishes the batch: every job created once and downloaded."""
+    total = 16
+    jobs, out = _jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
+    async with Emulator(duration=(1.0, 1.5), poll_after_ms=100) as emu:
+        env = _env(emu)
+        argv = [*AIO88, "run", str(jobs), "--out", str(out), "--ledger", postgres_dsn]
+        silent = subprocess.DEVNULL
+        emu.faults.latency = 0.2  # creates take a while: some are left at the Ctrl-C
+        quitter = await anyio.open_process(
+            [*argv, "--lease", "600", "--create-concurrency", "2"],
+            env=env,
+            stdout=silent,
+            stderr=silent,
+        )
+        mine = f"%:{quitter.pid}:%"
+        other_log = tmp_path / "other.jsonl"
+        other = None
+        try:
+            await _until_rows(
+                postgres_dsn,
+                "SELECT count(*) >= 3 FROM aio88_batch_jobs WHERE state = 'submitted' "
+                "AND owner LIKE $1",
+                mine,
+            )
+            emu.faults.latency = 60.0  # its next creates are held: sent, not answered
+            await _until_held(emu, 1)
+            with other_log.open("wb") as log:
+                other = await anyio.open_process(
+                    [*argv, "--lease", "1", "-v", "--json"], env=env, stdout=log, stderr=silent
+                )
+            await _until_rows(
+                postgres_dsn,
+                "SELECT count(*) >= 1 FROM aio88_batch_jobs WHERE state = 'submitting' "
+                "AND owner LIKE $1",
+                mine,
+            )
+            quitter.send_signal(signal.SIGINT)
+            await anyio.sleep(0.3)  # its Ctrl-C is taken before the answers come
+            emu.faults.latency = 0.0  # within the grace: the creates sent are answered
+            with anyio.fail_after(30):
+                assert await quitter.wait() == 130
+            left = await _rows(
+                postgres_dsn, "SELECT count(*) FROM aio88_processes WHERE id LIKE $1", mine
+            )
+            assert left[0][0] == 0  # it left the fleet
+            held = dict(
+                await _rows(
+                    postgres_dsn,
+                    "SELECT key, state FROM aio88_batch_jobs WHERE owner LIKE $1",
+                    mine,
+                )
+            )
+            # Nothing of it stays "being created"; what it leaves is taken over.
+            assert "submitting" not in held.values()
+            with anyio.fail_after(60):
+                assert await other.wait() == 0
+        finally:
+            for process in (quitter, other):
+                if process is None:
+                    continue
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+        taken = {e["key"] for e in _file_events(other_log) if e["event"] == "taken_over"}
+        assert {key for key, state in held.items() if state == "submitted"} <= taken
+        prompts = Counter(task.prompt for task in emu.tasks.values())
+        assert len(prompts) == total and set(prompts.values()) == {1}
+    states = dict(await _rows(postgres_dsn, "SELECT key, state FROM aio88_batch_jobs"))
+    assert Counter(states.values()) == {"downloaded": total}
+    assert len(list((out / "videos").glob("*.mp4"))) == total
     assert not list(out.rglob("*.part"))

@@ -49,7 +49,8 @@ class Creates:
         printer: Where each result is reported.
         on_created: Called with each task created (to watch it).
         on_given_up: Called once for each job that will not become a task in this run,
-            with the state it is left in.
+            with the state it is left in (``"lost"``: another worker took the job over
+            while this one was taken for dead; its state is that worker's business).
         concurrency: Creates in flight at most.
         shared: The ledger again, when workers share it (a fleet): jobs are then claimed
             one by one (:meth:`run_claimed`) and a new try of a create must claim its
@@ -85,6 +86,7 @@ class Creates:
         self._proven = False  # a create succeeded: the key, the URL and the network work
         self._failed_first = 0  # jobs whose create failed, sent, before any succeeded
         self._settled: set[str] = set()  # jobs whose final state is committed
+        self._lost: set[str] = set()  # jobs another worker took over (a shared ledger)
         self.left_pending: set[str] = set()
         """Jobs this run gave up as ``pending`` (a shared ledger: not claimed again)."""
         self.settled = anyio.Event()
@@ -223,6 +225,8 @@ class Creates:
                     if fate.state == "not_created" and attempt < CREATE_RESENDS and mark.sent:
                         # Complete, and it created nothing: sent again after a pause.
                         await mark.not_taken()
+                        if job.key in self._lost:
+                            return  # not ours to send again
                         self._printer.detail("resend", key=job.key, error=fate.why)
                         continue
                     state = "pending" if fate.state == "not_created" else fate.state
@@ -230,8 +234,11 @@ class Creates:
                     return
             # Committed at once: from here on a crash leaves a task to poll, not to guess.
             with anyio.CancelScope(shield=True):  # the task exists: it must be recorded
-                await self._ledger.set_state(job.key, "submitted", task_id=task.id)
+                mine = await self._ledger.set_state(job.key, "submitted", task_id=task.id)
             self._settled.add(job.key)
+            if not mine:
+                self._lose(job, task.id)
+                return
             self._proven = True
             self._printer.detail("created", key=job.key, id=task.id)
             self._on_created(job, task)
@@ -263,16 +270,18 @@ class Creates:
 
     async def _end_run(self, job: Job, why: Exception) -> None:
         """Stop the run for ``why``; ``job`` stays pending (nothing of it was billed)."""
-        await self._set_now(job, "pending", None)
-        self._settled.add(job.key)
-        self.left_pending.add(job.key)
         self.fatal = self.fatal or why
         self.stopping = True
+        self._settled.add(job.key)
+        if not await self._set_now(job, "pending", None):
+            return
+        self.left_pending.add(job.key)
         self._on_given_up(job, "pending")
 
     async def _give_up(self, job: Job, state: str, why: str, sent: bool) -> None:
-        await self._set_now(job, state, why)
         self._settled.add(job.key)
+        if not await self._set_now(job, state, why):
+            return
         if state == "pending":
             self.left_pending.add(job.key)
         self._printer.problem(state, key=job.key, line=job.line, error=why)
@@ -291,8 +300,13 @@ class Creates:
 
     async def _call_off(self, job: Job, mark: SendMark) -> None:
         """The create stopped before it settled (a Ctrl-C): sent or not decides."""
+        if job.key in self._lost:
+            return  # said, and given up, when it was lost
         if mark.sent:
-            await self._set_now(job, "unconfirmed", "the run stopped before its answer came")
+            if not await self._set_now(
+                job, "unconfirmed", "the run stopped before its answer came"
+            ):
+                return
             self._printer.problem(
                 "unconfirmed",
                 key=job.key,
@@ -301,13 +315,36 @@ class Creates:
             )
             self._on_given_up(job, "unconfirmed")
             return
-        if mark.committed:
-            await self._set_now(job, "pending", None)
+        if mark.committed and not await self._set_now(job, "pending", None):
+            return
         self.left_pending.add(job.key)
         self._on_given_up(job, "pending")
 
     async def _set(self, job: Job, state: str) -> None:
         await self._set_now(job, state, None)
 
-    async def _set_now(self, job: Job, state: str, why: str | None) -> None:
-        await self._ledger.set_state(job.key, state, error=why)
+    async def _set_now(self, job: Job, state: str, why: str | None) -> bool:
+        """Commit ``job``'s new state; ``False``: the job is no longer this worker's
+        (a shared ledger: taken over while this worker was taken for dead)."""
+        if job.key in self._lost:
+            return False
+        if await self._ledger.set_state(job.key, state, error=why):
+            return True
+        self._lose(job, None)
+        return False
+
+    def _lose(self, job: Job, task_id: str | None) -> None:
+        """Another worker took ``job`` over: leave it alone, and say so (with the task id
+        this worker's create got, if any: the batch has the job ``unconfirmed``, and
+        ``--reconcile`` would find that task)."""
+        if job.key in self._lost:
+            return
+        self._lost.add(job.key)
+        self._settled.add(job.key)
+        self._printer.detail(
+            "lost",
+            key=job.key,
+            id=task_id,
+            error="another worker took this job over while this one was silent; left to it",
+        )
+        self._on_given_up(job, "lost")

@@ -384,14 +384,18 @@ async def reconcile(
     for decision in decisions:
         counts[decision.verdict] += 1
         job = by_key[decision.key]
+        # Each only if the job is still unconfirmed: in a shared batch, another worker may
+        # have settled (or resent) it since it was read.
         if decision.verdict == "adopted":
-            await ledger.set_state(job.key, "submitted", task_id=decision.task_id)
-            printer.event("adopted", key=job.key, id=decision.task_id)
+            if await ledger.set_state(
+                job.key, "submitted", task_id=decision.task_id, was="unconfirmed"
+            ):
+                printer.event("adopted", key=job.key, id=decision.task_id)
         elif decision.verdict == "pending":
-            await ledger.set_state(job.key, "pending")
-            printer.event("not_created", key=job.key, line=job.line)
+            if await ledger.set_state(job.key, "pending", was="unconfirmed"):
+                printer.event("not_created", key=job.key, line=job.line)
         else:
-            await ledger.set_state(job.key, "unconfirmed", error=decision.why)
+            await ledger.set_state(job.key, "unconfirmed", error=decision.why, was="unconfirmed")
     printer.note(
         f"--reconcile: {counts['adopted']} job(s) adopted their task, {counts['pending']} "
         f"found not created (created now), {counts['unconfirmed']} still unconfirmed"

@@ -12,9 +12,13 @@ from pathlib import Path
 import anyio
 
 from .._client import Client
-from .._config import FLEET_BATCH_TEND
+from .._config import DEFAULT_DOWNLOAD_WORKERS, FLEET_BATCH_TEND
+from .._download import file_name_for
 from .._errors import (
+    APIConnectionError,
+    APIStatusError,
     AuthenticationError,
+    DownloadError,
     PermissionDeniedError,
     WaitTimeoutError,
 )
@@ -29,6 +33,9 @@ from ._interrupt import Interrupt
 from ._jobs import load_jobs
 from ._output import EXIT_FAILED, EXIT_OK, Printer, Tally, error_text, outcome_event
 from ._reconcile import dashboard_credentials, reconcile
+
+#: What fails one video's download without ending the run (as ``watch(download_dir=)``).
+_DOWNLOAD_ERRORS = (ValueError, TypeError, DownloadError, APIConnectionError, APIStatusError)
 
 #: The states --status lists job by job (the others are counted): what needs a decision.
 _LOOSE_ENDS = ("failed", "rejected", "unconfirmed", "download_failed")
@@ -99,14 +106,18 @@ async def _run_on(
             # A create sent just before a crash: the server may have it, and 88API cannot
             # be asked. Sending it again could bill twice.
             await ledger.set_state(
-                job.key, "unconfirmed", error="the run stopped while this create was in flight"
+                job.key,
+                "unconfirmed",
+                error="the run stopped while this create was in flight",
+                was="submitting",
             )
     else:
         # The same, for workers that died; a live worker's creates are its own business.
         await shared.bury()
     if args.resend_unconfirmed:
         for job in await ledger.jobs("unconfirmed"):
-            await ledger.set_state(job.key, "pending")
+            # Only if still unconfirmed: another worker resending too may have claimed it.
+            await ledger.set_state(job.key, "pending", was="unconfirmed")
     if credentials is not None:
         # Before any create or poll: an adopted task is then polled like any other,
         # and a job found not created is created like any pending one.
@@ -115,9 +126,10 @@ async def _run_on(
         # Fetched again through the task (no create): a changed file is kept aside.
         if problem == "changed" and job.path is not None:
             await anyio.Path(job.path).replace(job.path + ".changed")
-        await ledger.set_state(job.key, "submitted", error=f"file {problem}: fetching it again")
-        if shared is not None:
-            await shared.disown(job.key)  # whoever takes it over fetches it
+        # With a shared ledger it belongs to nobody then: whoever takes it over fetches it.
+        await ledger.set_state(
+            job.key, "submitted", error=f"file {problem}: fetching it again", was="downloaded"
+        )
         printer.problem(problem, key=job.key, id=job.task_id, path=job.path)
     for job in await ledger.jobs("unconfirmed"):
         printer.problem(
@@ -169,6 +181,17 @@ async def _run_jobs(
 
     timed_out = 0
 
+    def lost(key: str, task_id: str) -> None:
+        """A job another worker took over while this one was taken for dead (a shared
+        ledger): its outcome is that worker's to record, its file that worker's to fetch."""
+        tally.total -= 1
+        printer.detail(
+            "lost",
+            key=key,
+            id=task_id,
+            error="another worker took this job over while this one was silent; left to it",
+        )
+
     async def record(outcome: Outcome) -> None:
         nonlocal timed_out
         key = await ledger.key_of_task(outcome.id)
@@ -177,8 +200,11 @@ async def _run_jobs(
         if isinstance(outcome.error, WaitTimeoutError):
             # Not a verdict on the task: it may finish (and is paid for). It stays
             # submitted, so the next run polls it again.
+            error = "timed out: still running at --timeout"
+            if not await ledger.set_state(key, "submitted", error=error):
+                lost(key, outcome.id)
+                return
             timed_out += 1
-            await ledger.set_state(key, "submitted", error="timed out: still running at --timeout")
             if shared is not None:
                 await shared.timed_out(key)  # not taken over by the other workers either
             printer.problem(
@@ -192,11 +218,14 @@ async def _run_jobs(
             size, digest = await anyio.to_thread.run_sync(file_facts, outcome.path)
             # Shared by several machines: the path says which folder, wherever run from.
             path = str(outcome.path if shared is None else outcome.path.absolute())
-            await ledger.set_state(key, "downloaded", path=path, size=size, sha256=digest)
+            mine = await ledger.set_state(key, "downloaded", path=path, size=size, sha256=digest)
         elif outcome.task is not None and outcome.task.status is Status.SUCCEEDED:
-            await ledger.set_state(key, "download_failed", error=error_text(outcome.error))
+            mine = await ledger.set_state(key, "download_failed", error=error_text(outcome.error))
         else:
-            await ledger.set_state(key, "failed", error=error_text(outcome.error))
+            mine = await ledger.set_state(key, "failed", error=error_text(outcome.error))
+        if not mine:
+            lost(key, outcome.id)
+            return
         results.append(outcome)
         outcome_event(printer, outcome, key)
 
@@ -204,10 +233,31 @@ async def _run_jobs(
         tally.update(task)
         printer.progress(tally)
 
+    # A shared batch's worker downloads each video itself, once it has checked that the
+    # job is still its own (a worker taken for dead may have lost it meanwhile).
+    downloads = anyio.CapacityLimiter(DEFAULT_DOWNLOAD_WORKERS)
+
+    async def fetch(outcome: Outcome) -> None:
+        assert shared is not None and outcome.task is not None
+        task = outcome.task
+        async with downloads:
+            key = await ledger.key_of_task(outcome.id)
+            if key is not None and not await shared.holds(key):
+                lost(key, outcome.id)
+                return
+            try:
+                path = await client.download(task, videos / file_name_for(task.id, task.format))
+                outcome = Outcome(outcome.id, outcome.kind, task, None, path)
+            except _DOWNLOAD_ERRORS as exc:
+                outcome = Outcome(outcome.id, outcome.kind, task, exc, None)
+        tally.finish(outcome)
+        await record(outcome)
+        printer.progress(tally)
+
     async with client.watch(
         [],
         concurrency=args.concurrency,
-        download_dir=videos,
+        download_dir=videos if shared is None else None,
         on_update=on_update,
         timeout=args.timeout,
     ) as outcomes:
@@ -223,7 +273,9 @@ async def _run_jobs(
             outcomes.add([task], fresh=True)
 
         def given_up(job: Job, state: str) -> None:
-            if state == "unconfirmed":
+            if state == "lost":
+                tally.total -= 1  # another worker's now
+            elif state == "unconfirmed":
                 tally.unconfirmed += 1
             else:
                 tally.failed += 1
@@ -284,13 +336,18 @@ async def _run_jobs(
             tg.start_soon(create_all)
             if shared is not None:
                 tg.start_soon(tend)
-            try:
-                async for outcome in outcomes:
-                    tally.finish(outcome)
-                    await record(outcome)
-                    printer.progress(tally)
-            except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
-                refused.append(exc)
+            async with anyio.create_task_group() as fetching:
+                try:
+                    async for outcome in outcomes:
+                        if shared is not None and outcome.ok and outcome.path is None:
+                            fetching.start_soon(fetch, outcome)
+                            continue
+                        tally.finish(outcome)
+                        await record(outcome)
+                        printer.progress(tally)
+                except (AuthenticationError, PermissionDeniedError) as exc:  # a poll refused
+                    refused.append(exc)
+                    fetching.cancel_scope.cancel()
             tg.cancel_scope.cancel()  # every job is settled: stop listening for Ctrl-C
     if creates.fatal is not None:
         refused.insert(0, creates.fatal)

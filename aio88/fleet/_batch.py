@@ -8,9 +8,13 @@ worker imports the jobs file (idempotently, by key), then:
   ``submitting`` (owned by itself) in the same statement, with ``FOR UPDATE SKIP LOCKED``,
   *before* the create is sent: no job is created twice, fleet-wide;
 - polls and downloads the tasks it created; a worker whose heartbeat (the fleet's
-  ``aio88_processes`` row) is older than its lease is dead: a live worker takes over its
-  ``submitted`` jobs, and marks its ``submitting`` ones ``unconfirmed`` (their create may
-  have reached the server);
+  ``aio88_processes`` row) is older than ``FLEET_BATCH_DEAD_LEASES`` of its leases, or
+  that has no row (it left), is dead: a live worker takes over its ``submitted`` jobs, and
+  marks its ``submitting`` ones ``unconfirmed`` (their create may have reached the
+  server). A live worker's jobs are never touched by another;
+- writes each later step of a job only while it owns the job (``WHERE owner = $me``): a
+  worker counted dead that comes back (a laptop that slept) finds the row changed, and
+  leaves the job to its new owner (no download, no write);
 - ends when nothing is left that it could do: no job pending, none being created, none
   being polled by another worker.
 
@@ -30,7 +34,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._config import FLEET_CONNECT_TIMEOUT
+from .._config import FLEET_BATCH_DEAD_LEASES, FLEET_CONNECT_TIMEOUT
 from .._ledger import Job, JobState
 from . import Fleet
 
@@ -64,10 +68,13 @@ CREATE INDEX IF NOT EXISTS aio88_batch_jobs_task ON aio88_batch_jobs (task_id);
 # The statements below interpolate only these constants (never a value: those are bound
 # parameters), hence their ``noqa: S608``.
 
-#: The job's owner is a live worker: its heartbeat is within its lease.
+#: The job's owner is a live worker: its heartbeat is within ``FLEET_BATCH_DEAD_LEASES``
+#: of its leases. Not one lease: a heartbeat late for a moment (its database slow, its
+#: loop stalled) must not hand its jobs to another worker.
 _ALIVE = (
-    "EXISTS (SELECT 1 FROM aio88_processes p WHERE p.id = {owner} "
-    "AND p.heartbeat_at > now() - make_interval(secs => p.lease_seconds))"
+    "EXISTS (SELECT 1 FROM aio88_processes p WHERE p.id = {owner} "  # noqa: S608
+    "AND p.heartbeat_at > now() - make_interval(secs => p.lease_seconds * "
+    f"{FLEET_BATCH_DEAD_LEASES:d}))"
 )
 
 _COLUMNS = (
@@ -196,18 +203,29 @@ class PostgresLedger:
         path: str | None = None,
         size: int | None = None,
         sha256: str | None = None,
-    ) -> None:
-        """Move a job to ``state`` (as the SQLite ledger does); a job put back to
+        was: str | None = None,
+    ) -> bool:
+        """Move a job to ``state`` (as the SQLite ledger does), see
+        :meth:`aio88._ledger.LedgerStore.set_state`: without ``was``, only while this
+        worker owns it; with ``was``, only from that state, and it then belongs to nobody
+        (the next :meth:`take_over` takes a ``submitted`` one). A job put back to
         ``pending`` belongs to nobody."""
         state = JobState(state)
         sending = time.time() if state is JobState.SUBMITTING else None
-        await self._pool.execute(
-            "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "
+        if was is None:
+            # A step of the job's worker: the row count says whether it still owns it.
+            guard, check = "owner = $9", self.worker
+            keep = "owner = CASE WHEN $2 = 'pending' THEN NULL ELSE owner END"
+        else:
+            # A change to a job nobody works on: to nobody (and taken over, if submitted).
+            guard, check = "state = $9", JobState(was).value
+            keep = "owner = NULL, timed_out = false"
+        status = await self._pool.execute(
+            "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "  # noqa: S608
             "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
             "sha256 = COALESCE($7, sha256), updated_at = now(), "
             "sending_since = COALESCE(sending_since, $8), "
-            "sending_last = COALESCE($8, sending_last), "
-            "owner = CASE WHEN $2 = 'pending' THEN NULL ELSE owner END WHERE key = $1",
+            f"sending_last = COALESCE($8, sending_last), {keep} WHERE key = $1 AND {guard}",
             key,
             state.value,
             task_id,
@@ -216,7 +234,9 @@ class PostgresLedger:
             size,
             sha256,
             sending,
+            check,
         )
+        return _count(status) == 1
 
     async def task_ids(self) -> set[str]:
         """Every task id the batch knows."""
@@ -282,11 +302,13 @@ class PostgresLedger:
         return sorted((_job(row) for row in rows), key=lambda job: job.line)
 
     async def bury(self) -> int:
-        """Dead workers' creates in flight become ``unconfirmed``."""
+        """Dead workers' creates in flight become ``unconfirmed`` (and nobody's: should
+        the worker come back with its answer, it finds the job no longer its own)."""
         status = await self._pool.execute(
             "UPDATE aio88_batch_jobs j SET state = 'unconfirmed', updated_at = now(), "  # noqa: S608
-            "error = 'its worker (' || coalesce(owner, '?') || ') died while the create "
-            "was in flight: it may have reached the server' "
+            "owner = NULL, error = 'its worker (' || coalesce(owner, '?') || ') was silent "
+            "for over " + str(FLEET_BATCH_DEAD_LEASES) + " leases while the create was in "
+            "flight: it may have reached the server' "
             "WHERE state = 'submitting' AND (owner IS NULL OR (owner <> $1 AND NOT "
             f"{_ALIVE.format(owner='j.owner')}))",
             self.worker,
@@ -295,13 +317,20 @@ class PostgresLedger:
 
     async def timed_out(self, key: str) -> None:
         """Nobody takes ``key`` over in this batch run (a later worker polls it again)."""
-        await self._pool.execute("UPDATE aio88_batch_jobs SET timed_out = true WHERE key = $1", key)
-
-    async def disown(self, key: str) -> None:
-        """``key`` belongs to nobody: the next :meth:`take_over` takes it."""
         await self._pool.execute(
-            "UPDATE aio88_batch_jobs SET owner = NULL, timed_out = false WHERE key = $1", key
+            "UPDATE aio88_batch_jobs SET timed_out = true WHERE key = $1 AND owner = $2",
+            key,
+            self.worker,
         )
+
+    async def holds(self, key: str) -> bool:
+        """Whether this worker still owns ``key``'s ``submitted`` job."""
+        found = await self._pool.fetchval(
+            "SELECT 1 FROM aio88_batch_jobs WHERE key = $1 AND owner = $2 AND state = 'submitted'",
+            key,
+            self.worker,
+        )
+        return found is not None
 
     async def open_elsewhere(self, skip: set[str]) -> int:
         """Jobs that may still need this worker (see the protocol)."""
@@ -350,7 +379,8 @@ class BatchWorker:
 
     id: str
     alive: bool
-    """Its heartbeat is within its lease."""
+    """Its heartbeat is within ``FLEET_BATCH_DEAD_LEASES`` of its leases (else the others
+    take its jobs over)."""
     holds: dict[str, int]
     """How many jobs it holds in each state (``submitting``: creates in flight;
     ``submitted``: tasks it polls and downloads)."""
