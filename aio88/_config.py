@@ -32,6 +32,7 @@ __all__ = [
     "DNS_CACHE_TTL",
     "LEASE_CHECKS",
     "DOWNLOAD_BLOCK_SIZE",
+    "DOWNLOAD_LOCK_POLL",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_DASHBOARD_TOKEN",
@@ -202,6 +203,8 @@ DEFAULT_DOWNLOAD_WORKERS = 4
 #: use (aiohttp may hold two, the writer two more). Fastest here among 256 KiB-4 MiB
 #: (``docs/benchmarks.md``).
 DOWNLOAD_BLOCK_SIZE = 1024 * 1024
+#: How often a download waiting for another's lock on the same file looks again (seconds).
+DOWNLOAD_LOCK_POLL = 0.2
 
 
 @dataclass(frozen=True, slots=True)

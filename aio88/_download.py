@@ -17,6 +17,8 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import anyio
 from yarl import URL
 
 from ._body import Body
-from ._config import DOWNLOAD_BLOCK_SIZE
+from ._config import DOWNLOAD_BLOCK_SIZE, DOWNLOAD_LOCK_POLL
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -99,7 +101,7 @@ class Downloader:
     ) -> Path:
         """Download a finished video to ``dest``; see :meth:`aio88.Client.download`."""
         target = PartFile(Path(dest), sha256, on_progress, fsync)
-        is_dir, exists = await anyio.to_thread.run_sync(target.inspect, resume)
+        is_dir, exists = await anyio.to_thread.run_sync(target.inspect)
         if is_dir:
             raise DownloadError(
                 f"{target.dest} is a directory; give a file path such as "
@@ -107,24 +109,26 @@ class Downloader:
                 path=target.dest,
             )
         if exists and not overwrite:
-            # aio88 only ever creates dest whole (by rename), so an existing file is a
-            # finished download: a re-run fetches nothing. With sha256, prove it.
-            if sha256 is not None and not await anyio.to_thread.run_sync(
-                sha256_matches, target.dest, sha256
-            ):
-                raise DownloadError(
-                    f"{target.dest} exists but its SHA-256 is not {sha256}; delete it or pass "
-                    "overwrite=True",
-                    path=target.dest,
-                )
-            log.debug("download %s: already complete", target.dest)
-            return target.dest
+            return await _already_there(target)
 
         transport = self._transport
         transport.open()  # on first use; refuses a closed client before anything is sent
         urls = _candidate_urls(transport, source, variant)
         # Only now, with a source that can be fetched: a refused one leaves no folder.
         await anyio.to_thread.run_sync(target.make_folder)
+        async with _only_writer(target):
+            # Another download of the same file (another worker sharing the folder) may
+            # have finished it while this one waited for the lock.
+            if not overwrite and await anyio.to_thread.run_sync(target.dest.exists):
+                return await _already_there(target)
+            if not resume:
+                await anyio.to_thread.run_sync(target.discard)
+            return await self._fetch_any(transport, urls, target)
+
+    async def _fetch_any(
+        self, transport: Transport, urls: list[URL | str], target: PartFile
+    ) -> Path:
+        """Fetch from the first URL that serves the file (an expired link: the next)."""
         if isinstance(urls[0], str):
             await _write_data_uri(urls[0], target)
             return target.dest
@@ -173,6 +177,38 @@ def _candidate_urls(transport: Transport, source: Source, variant: str | None) -
     if source.startswith(("http://", "https://")):
         return [URL(source)]
     return [content(source)]
+
+
+async def _already_there(target: PartFile) -> Path:
+    """``dest`` exists: aio88 only ever creates it whole (by rename), so it is a finished
+    download and nothing is fetched. With ``sha256``, prove it."""
+    sha256 = target.sha256
+    if sha256 is not None and not await anyio.to_thread.run_sync(
+        sha256_matches, target.dest, sha256
+    ):
+        raise DownloadError(
+            f"{target.dest} exists but its SHA-256 is not {sha256}; delete it or pass "
+            "overwrite=True",
+            path=target.dest,
+        )
+    log.debug("download %s: already complete", target.dest)
+    return target.dest
+
+
+@asynccontextmanager
+async def _only_writer(target: PartFile) -> AsyncIterator[None]:
+    """Hold ``<dest>.lock`` for the block: one writer per ``.part``, across processes
+    (workers sharing a folder) and within one. Another holder is waited for, politely
+    (a cancellable poll: a thread blocked in ``flock`` could not be called off)."""
+    # The other holder may be another process: no event to wait on, so look again.
+    while (fd := await anyio.to_thread.run_sync(target.try_lock)) is None:  # noqa: ASYNC110
+        await anyio.sleep(DOWNLOAD_LOCK_POLL)
+    try:
+        yield
+    finally:
+        # Also when cancelled: a lock left held would make the next try wait forever.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(target.unlock, fd)
 
 
 async def _write_data_uri(uri: str, target: PartFile) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 from collections.abc import Callable
@@ -62,15 +63,45 @@ class PartFile:
     on_progress: Progress | None = None
     fsync: bool = False
     part: Path = field(init=False)
+    lock: Path = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "part", self.dest.with_name(self.dest.name + ".part"))
+        object.__setattr__(self, "lock", self.dest.with_name(self.dest.name + ".lock"))
 
-    def inspect(self, resume: bool) -> tuple[bool, bool]:
-        """(dest is a directory, dest exists); drops the ``.part`` when not resuming."""
-        if not resume:
-            self.part.unlink(missing_ok=True)
+    def inspect(self) -> tuple[bool, bool]:
+        """(dest is a directory, dest exists)."""
         return self.dest.is_dir(), self.dest.exists()
+
+    def try_lock(self) -> int | None:
+        """Take ``<dest>.lock`` (``flock``, exclusive) so that no other download, in this
+        process or another sharing the folder, writes the same ``.part``; the lock's file
+        descriptor, or None when another download holds it now.
+
+        Raises:
+            DownloadError: The lock file cannot be made (no permission, say).
+        """
+        try:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self.disk_error(exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder before us removes the file as it lets go: a lock on that old
+            # file guards nothing, so it only counts if the name is still ours.
+            if os.fstat(fd).st_ino == os.stat(self.lock).st_ino:
+                return fd
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        os.close(fd)
+        return None
+
+    def unlock(self, fd: int) -> None:
+        """Let go of :meth:`try_lock`'s lock, removing its file first (see there)."""
+        try:
+            self.lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     def make_folder(self) -> None:
         """Create ``dest``'s folder and the missing ones above it, as

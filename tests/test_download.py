@@ -535,3 +535,26 @@ async def test_progress_callback_error_is_raised_as_itself(
     with pytest.raises(LookupError, match="the caller's own bug"):
         await aio88_client.videos.download(task_id, tmp_path / "v.mp4", on_progress=progress)
     assert not (tmp_path / "v.mp4").exists() and (tmp_path / "v.mp4.part").stat().st_size > 0
+
+
+async def test_two_downloads_of_one_file_write_it_once(
+    aio88_client: Client, aio88_emulator: Emulator, tmp_path: Path
+) -> None:
+    """Two downloads to one path at once (two workers sharing a folder, here two clients):
+    one writes the ``.part`` (``<dest>.lock``), the other finds the file finished."""
+    task_id = aio88_emulator.add_task(status="succeeded")
+    dest = tmp_path / "v.mp4"
+    async with Client(aio88_emulator.api_key, base_url=aio88_emulator.base_url) as other:
+        results: list[Path] = []
+
+        async def fetch(client: Client) -> None:
+            results.append(await client.videos.download(task_id, dest))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetch, aio88_client)
+            tg.start_soon(fetch, other)
+    assert results == [dest, dest]
+    assert sha256_of(dest) == aio88_emulator.content_sha256
+    assert len([r for r in range_requests(aio88_emulator) if r is None]) == 1  # one whole GET
+    assert not (tmp_path / "v.mp4.part").exists()
+    assert not (tmp_path / "v.mp4.lock").exists()
