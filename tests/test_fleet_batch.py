@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aio88.testing import Emulator
+from aio88.testing import Emulator, Faults
 
 asyncpg = pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
 
@@ -440,3 +440,25 @@ async def test_ctrl_c_of_one_worker_hands_its_polls_over_at_once(
     assert Counter(states.values()) == {"downloaded": total}
     assert len(list((out / "videos").glob("*.mp4"))) == total
     assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_create_waiting_out_a_429_is_not_claimed_again(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A create put back to ``pending`` for a 429's pause stays this worker's one create:
+    the worker does not claim it a second time (each job created once, no traceback)."""
+    jobs = _jobs(tmp_path / "jobs.jsonl", 6)
+    # Creates in 429 pauses while slots are free: the worker looks for work meanwhile.
+    storm = Faults(rate_429=0.4, retry_after=1.5)
+    async with Emulator(duration=(0.2, 0.5), faults=storm) as emu:
+        code, _, err = await _aio88(
+            "run", str(jobs), "--out", str(tmp_path / "out"), "--ledger", postgres_dsn,
+            "--lease", "5", "--create-concurrency", "4", "--json",
+            env=_env(emu),
+        )  # fmt: skip
+        assert code == 0, err
+        assert "Traceback" not in err
+        created = Counter(task.prompt for task in emu.tasks.values())
+    assert created == Counter(f"fox {i}" for i in range(6))

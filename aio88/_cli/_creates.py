@@ -113,7 +113,7 @@ class Creates:
         shared = self._shared
         try:
             while not self._proven and not self.stopping:
-                job = await claim(self.left_pending)
+                job = await claim(self._not_to_claim())
                 if job is None:
                     if not await shared.pending_left(self.left_pending):
                         return
@@ -126,7 +126,7 @@ class Creates:
                     # a create of this worker is on its way.
                     await self._slots.acquire()
                     try:
-                        job = None if self._stopped() else await claim(self.left_pending)
+                        job = None if self._stopped() else await claim(self._not_to_claim())
                     except BaseException:
                         self._slots.release()
                         raise
@@ -139,6 +139,13 @@ class Creates:
                     await anyio.sleep(FLEET_BATCH_TEND)
         finally:
             self.settled.set()
+
+    def _not_to_claim(self) -> set[str]:
+        # Its own creates waiting out a 429 are ``pending`` in the ledger (so that a crash
+        # then leaves them to be sent, not unconfirmed): claimed again here, they would
+        # have two creates in one worker. Another worker may take them; the waiting try
+        # then finds them gone (reclaim) and sends nothing.
+        return self.left_pending | self._in_flight.keys()
 
     def _stopped(self) -> bool:
         # A method, not the attribute: a Ctrl-C may set it while this task awaits.
