@@ -97,6 +97,7 @@ async def _run_on(
     credentials: tuple[str, str] | None,
 ) -> int:
     reconciling = credentials is not None
+    started = time.time()  # the sending times in the ledger are Unix times
     await _check_edits(ledger, jobs, replace=args.replace)
     added = await ledger.add_new(jobs)
     if added:
@@ -116,6 +117,10 @@ async def _run_on(
         await shared.bury()
     if args.resend_unconfirmed:
         for job in await ledger.jobs("unconfirmed"):
+            if shared is not None and (job.sending_last or 0.0) >= started:
+                # Resent by another worker of the batch since this one began (and its
+                # answer lost again): one blind resend per request, not one per worker.
+                continue
             # Only if still unconfirmed: another worker resending too may have claimed it.
             await ledger.set_state(job.key, "pending", was="unconfirmed")
     if credentials is not None:
