@@ -401,6 +401,11 @@ async def test_configuration_errors_exit_2(tmp_path: Path) -> None:
                 env,
                 "unrecognized arguments",
             ),
+            (
+                ("run", str(jobs), "--out", str(tmp_path / "o"), "--ledger", "mysql://db/x"),
+                env,
+                "--ledger takes a PostgreSQL URL",
+            ),
             (("run", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)), env, "cannot read"),
             (("run", str(jobs)), env, "--out"),
             (("run", "--status", str(tmp_path / "nowhere")), env, "no ledger"),

@@ -352,6 +352,7 @@ class Creates:
             "lost",
             key=job.key,
             id=task_id,
-            error="another worker took this job over while this one was silent; left to it",
+            error="another worker of the batch has this job now (it was put back or taken "
+            "over); left to it",
         )
         self._on_given_up(job, "lost")

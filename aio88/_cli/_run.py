@@ -66,6 +66,11 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
         )
     credentials = dashboard_credentials() if reconciling else None  # before anything is sent
     dsn = getattr(args, "ledger", None)
+    if dsn and not dsn.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            "--ledger takes a PostgreSQL URL (postgresql://user@host/database); without "
+            "--ledger, the batch's ledger is DIR/ledger.sqlite3"
+        )
     if dsn:
         # Imported here: asyncpg only for a run that asked for PostgreSQL.
         from ..fleet import FleetError
@@ -75,7 +80,7 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
             try:
                 shared = await stack.enter_async_context(open_batch(dsn, lease=args.lease))
             except FleetError as exc:
-                raise UsageError(str(exc)) from None
+                raise UsageError(f"--ledger: {exc}") from None
             # --rate-limit and a 429's pause hold for every worker of the batch together.
             client = api_client(rate_limit=args.rate_limit, fleet=shared.fleet)
             return await _run_on(shared, shared, jobs, out, client, args, printer, credentials)
@@ -194,7 +199,8 @@ async def _run_jobs(
             "lost",
             key=key,
             id=task_id,
-            error="another worker took this job over while this one was silent; left to it",
+            error="another worker of the batch has this job now (this one was silent for "
+            "over 2 leases); left to it",
         )
 
     async def record(outcome: Outcome) -> None:

@@ -80,8 +80,9 @@ CALLBACK_LIMIT = 64 * 1024
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One client (its connections and rate budget) and one poller, for every request.
 
-    With callbacks (``PUBLIC_URL`` set), the poller polls as a safety net only: first a
-    minute after the create, then every three (a lost callback costs minutes, never a job).
+    With callbacks (``PUBLIC_URL`` set), the poller polls as a safety net only: once when
+    a caller first waits for a job, then every three minutes (a lost callback costs
+    minutes, never a job).
     """
     public_url = os.environ.get("PUBLIC_URL", "").rstrip("/")
     app.state.callback_url = f"{public_url}/88api/callback" if public_url else None
