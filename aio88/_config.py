@@ -54,6 +54,8 @@ __all__ = [
     "FLEET_SUCCESS_FLUSH",
     "FLEET_LEASE_MARGIN",
     "FLEET_BATCH",
+    "FLEET_HINT_BACKLOG",
+    "FLEET_OUTAGE_LOG_EVERY",
     "FLEET_BATCH_TEND",
     "FLEET_BATCH_DEAD_LEASES",
     "INTERRUPT_GRACE",
@@ -290,3 +292,11 @@ def check_timeout(value: float | None, name: str = "timeout") -> float | None:
             f"deadline; got {value!r}"
         )
     return value
+
+
+#: How many callback hints that could not be sent (the fleet's database was down) are kept
+#: to send when it is back: the newest, each task id once.
+FLEET_HINT_BACKLOG = 10_000
+#: Seconds between the log lines that say a database outage goes on (the first failure is
+#: logged at once, and the recovery).
+FLEET_OUTAGE_LOG_EVERY = 30.0

@@ -4,6 +4,7 @@ pruning, the LISTEN connection, errors. Against a real server (tests/postgres.py
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -207,6 +208,60 @@ async def test_a_fleet_not_started_says_so(postgres_dsn: str) -> None:
     await fleet.aclose()  # closing one never started is fine
     with pytest.raises(FleetError, match="starts once"):
         await fleet.start()
+
+
+async def test_a_fleet_used_after_it_closed_says_so(postgres_dsn: str) -> None:
+    async with Fleet(postgres_dsn, lease=3.0) as fleet:
+        assert fleet.leases is not None
+    for use in (lambda: fleet.leases, lambda: fleet.listener):
+        with pytest.raises(FleetError, match="the fleet was closed"):
+            use()
+    with pytest.raises(FleetError, match="the fleet was closed"):
+        fleet.rate_budget("k", 10.0, lambda: 0.0)
+    with pytest.raises(FleetError, match="the fleet was closed"):
+        await fleet.snapshot()
+    with pytest.raises(FleetError, match="the fleet was closed"):
+        await fleet.beat()
+
+
+async def test_a_database_outage_is_a_few_log_lines(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses connections for several heartbeats: the fleet logs the first
+    failure and the recovery, not a line per failed statement, and asyncpg's pool logs
+    no traceback (the pool keeps no connection floor to restore)."""
+    base, name = postgres_dsn.rsplit("/", 1)
+    admin = await asyncpg.connect(f"{base}/postgres")  # not from the database it closes
+    try:
+        async with Fleet(postgres_dsn, lease=0.15) as fleet:
+            with caplog.at_level(logging.DEBUG):
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    name,
+                )
+                beats = fleet.beats
+                for n in range(30):  # many statements fail meanwhile
+                    fleet.leases.track(f"t{n}", "video")
+                    assert not await fleet.leases.claim(f"t{n}", "video")
+                await _until(lambda: fleet.beats >= beats + 8, "eight heartbeats")
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await _until(
+                    lambda: any("is back" in r.getMessage() for r in caplog.records),
+                    "the recovery's line",
+                )
+                await _until(lambda: fleet.listener.reconnects >= 1, "the LISTEN connection")
+    finally:
+        await admin.close()
+    fleet_lines = [r for r in caplog.records if r.name == "aio88.fleet"]
+    messages = [r.getMessage() for r in fleet_lines]
+    assert all(m.startswith("aio88 fleet: ") for m in messages), messages
+    assert sum("the database failed" in m for m in messages) == 1, messages
+    assert sum("is back after" in m for m in messages) == 1, messages
+    # the outage is far shorter than the "still failing" interval; the LISTEN
+    # connection's loss is one more line
+    assert len(fleet_lines) <= 4, messages
+    assert not [r for r in caplog.records if r.name.startswith("asyncpg")]
 
 
 async def test_the_heartbeat_renews_the_row_and_brings_it_back(postgres_dsn: str) -> None:

@@ -49,6 +49,7 @@ from .._config import (
 from ._errors import DB_ERRORS, FleetError
 from ._leases import FleetLeases
 from ._listen import Listener
+from ._outage import OutageLog
 from ._rate import FleetRateBudget, parse_notice
 from ._schema import (
     CHANNEL_FINISHED,
@@ -181,8 +182,20 @@ class Fleet:
         self._background: set[asyncio.Task[object]] = set()
         self._budgets: dict[tuple[str, float | None, Callable[[], float]], FleetRateBudget] = {}
         self._state = "new"
+        self._ran = False  # it was started (then "closed" means closed after use)
         #: Heartbeats done (for tests and the curious).
         self.beats = 0
+        # one story in the log per outage, shared by the heartbeat and the leases
+        self._outage = OutageLog(log)
+
+    def _not_started(self) -> FleetError:
+        """The error for a use of the fleet while it is not running."""
+        if self._state == "closed" and self._ran:
+            return FleetError(
+                "the fleet was closed: use it inside its async with block (close the fleet "
+                "after the clients and pollers that use it)"
+            )
+        return FleetError("start the fleet first: async with Fleet(...) as fleet")
 
     # -- Coordinator ----------------------------------------------------------------------
 
@@ -195,7 +208,7 @@ class Fleet:
     def leases(self) -> FleetLeases:
         """Which process polls which task (the fleet must be started)."""
         if self._leases is None:
-            raise FleetError("start the fleet first: async with Fleet(...) as fleet")
+            raise self._not_started()
         return self._leases
 
     def rate_budget(
@@ -205,7 +218,7 @@ class Fleet:
         fleet-wide plus one burst of ``rate`` (``None``: only the shared 429 pause). The
         same arguments give the same budget. No I/O: the row is made on first use."""
         if self._pool is None or self._state != "started":
-            raise FleetError("start the fleet first: async with Fleet(...) as fleet")
+            raise self._not_started()
         key = (name, rate, clock)
         budget = self._budgets.get(key)
         if budget is None:
@@ -263,11 +276,16 @@ class Fleet:
                 raise self._unreachable(exc) from None
             raise
         self._state = "started"
+        self._ran = True
 
     async def _start(self) -> None:
+        # min_size=0: with a floor, asyncpg reconnects lost connections in the background
+        # and logs a traceback for each failed try while the database is down; without
+        # one, a connection is opened when a statement needs it (the heartbeat's, every
+        # lease / 3, keeps them from idling out).
         self._pool = await asyncpg.create_pool(
             self._dsn,
-            min_size=self._pool_size,
+            min_size=0,
             max_size=self._pool_size,
             timeout=FLEET_CONNECT_TIMEOUT,
         )
@@ -275,7 +293,7 @@ class Fleet:
             await migrate(connection)
             await self._register(connection)
         self._leases = leases = FleetLeases(
-            self._pool, process_id=self.process_id, lease=self._lease
+            self._pool, process_id=self.process_id, lease=self._lease, outage=self._outage
         )
         await leases.start()
         listener = self._listener = Listener(self._connect)
@@ -373,7 +391,8 @@ class Fleet:
             try:
                 await self.beat(prune=self.beats % FLEET_PRUNE_BEATS == 1)
             except DB_ERRORS as exc:
-                log.warning("aio88 fleet: heartbeat failed (%s); retrying", exc)
+                # logged once per outage and then now and then, not once per beat
+                self._outage.failed(exc)
             except Exception:  # a heartbeat that stops silently looks like a dead process
                 log.exception("aio88 fleet: heartbeat failed; retrying")
 
@@ -385,6 +404,7 @@ class Fleet:
         status = await pool.execute(
             "UPDATE aio88_processes SET heartbeat_at = now() WHERE id = $1", self.process_id
         )
+        self._outage.ok()
         if status == "UPDATE 0":  # another process pruned us as dead: we are back
             await self._register(pool)
         if self._leases is not None:
@@ -410,8 +430,8 @@ class Fleet:
         return int(tasks.split()[-1]), int(processes.split()[-1])
 
     def _started_pool(self) -> asyncpg.Pool[Any]:
-        if self._pool is None:
-            raise FleetError("start the fleet first: async with Fleet(...) as fleet")
+        if self._pool is None or self._state == "closed":
+            raise self._not_started()
         return self._pool
 
     def _on_rate(self, payload: str) -> None:
@@ -453,7 +473,7 @@ class Fleet:
     def listener(self) -> Listener:
         """The LISTEN connection (its ``backend_pid`` and ``reconnects``, for tests)."""
         if self._listener is None:
-            raise FleetError("start the fleet first: async with Fleet(...) as fleet")
+            raise self._not_started()
         return self._listener
 
 

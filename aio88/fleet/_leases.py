@@ -35,8 +35,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
-from .._config import FLEET_BATCH, FLEET_LEASE_MARGIN
+from .._config import FLEET_BATCH, FLEET_HINT_BACKLOG, FLEET_LEASE_MARGIN
 from ._errors import FleetError
+from ._outage import OutageLog
 
 if TYPE_CHECKING:
     import asyncpg
@@ -143,6 +144,7 @@ SELECT task_id, kind, task_json FROM aio88_tasks
 WHERE task_id = ANY($1::text[]) AND finished_at IS NOT NULL
 """
 
+
 _HINT = "SELECT count(pg_notify('aio88_hint', id)) FROM unnest($1::text[]) AS id"
 
 
@@ -219,6 +221,7 @@ class FleetLeases:
         process_id: str,
         lease: float,
         clock: Callable[[], float] = time.monotonic,
+        outage: OutageLog | None = None,
     ) -> None:
         if not lease > 0:
             raise ValueError(f"lease must be more than 0 seconds, got {lease!r}")
@@ -238,7 +241,16 @@ class FleetLeases:
         self._to_release: set[str] = set()
         self._to_finish: dict[str, tuple[Kind, bytes]] = {}
         self._to_read: set[str] = set()
-        self._to_hint: set[str] = set()
+        # ids in the order hinted (a dict: each once, the oldest first), at most
+        # FLEET_HINT_BACKLOG of them while the database is down
+        self._to_hint: dict[str, None] = {}
+        # Hints that waited out an outage: sent once more on the next heartbeat or
+        # reconnect after the pass that sent them, because the other processes' LISTEN
+        # connections may come back after that pass, and a NOTIFY nobody listened to is
+        # lost (their waits would end only at the fallback poll).
+        self._late_hints: dict[str, None] = {}
+        self._hints_failed = False
+        self._outage = outage or OutageLog(log)
         self._reread_all = False
         # claim() waits on the event of the batch its id is in (queued or being sent)
         self._claim_queued: asyncio.Event | None = None
@@ -273,8 +285,15 @@ class FleetLeases:
         raising them."""
         if self._closed:
             return
+        self._resend_late_hints()
         async with self._lock:
             await self._guarded_pass(beat=True)
+
+    def _resend_late_hints(self) -> None:
+        """Queue once more the hints a pass sent after an outage (see ``_late_hints``)."""
+        if self._late_hints:
+            late, self._late_hints = self._late_hints, {}
+            self._queue_hints(late)
 
     def on_notify(self, channel: str, payload: str) -> None:
         """A notification on ``aio88_finished`` or ``aio88_hint`` (payload: a task id)."""
@@ -303,6 +322,7 @@ class FleetLeases:
         for entry in self._tracked.values():
             if not entry.held:  # a release's hint may have been lost too: claim anew
                 entry.retry_at = 0.0
+        self._resend_late_hints()
         async with self._lock:
             await self._guarded_pass(beat=False)
 
@@ -317,7 +337,7 @@ class FleetLeases:
             try:
                 await self._pool.fetch(_RELEASE_ALL, self._me, timeout=self._lease)
             except Exception as exc:  # logged: the leases then simply expire
-                log.warning("aio88.fleet: could not release this process's leases: %s", exc)
+                log.warning("aio88 fleet: could not release this process's leases: %s", exc)
             for entry in self._tracked.values():
                 entry.held = False
         self._answer_claims()
@@ -476,8 +496,19 @@ class FleetLeases:
         this process (the poller acts on it locally)."""
         if self._closed or self.holds(task_id):
             return
-        self._to_hint.add(task_id)
+        self._queue_hints([task_id])
         self._kick()
+
+    def _queue_hints(self, ids: Iterable[str]) -> None:
+        """Queue hints for ``ids`` (the newest last), keeping at most ``FLEET_HINT_BACKLOG``: an
+        outage long enough to fill it has outlasted the fallback polls of the oldest."""
+        for task_id in ids:
+            self._to_hint.pop(task_id, None)
+            self._to_hint[task_id] = None
+        excess = len(self._to_hint) - FLEET_HINT_BACKLOG
+        if excess > 0:
+            for task_id in list(self._to_hint)[:excess]:
+                del self._to_hint[task_id]
 
     # -- the background ---------------------------------------------------------------
 
@@ -502,7 +533,7 @@ class FleetLeases:
         try:
             self._failing = not await self._pass(beat=beat)
         except Exception:  # a bug must not end the background task or the heartbeat
-            log.exception("aio88.fleet: the lease task's pass failed")
+            log.exception("aio88 fleet: the lease task's pass failed")
             self._failing = True
             self._answer_claims()
 
@@ -520,6 +551,8 @@ class FleetLeases:
             await self._send_reads()
             await self._send_hints()
         except _DatabaseError:
+            # hints still queued waited out a failure: sent twice once it is back
+            self._hints_failed = self._hints_failed or bool(self._to_hint)
             # claim() callers whose batch was not sent get their answer (False) now; the
             # ids stay queued for the next heartbeat
             self._answer_claims()
@@ -533,16 +566,15 @@ class FleetLeases:
 
     async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         try:
-            return await self._pool.fetch(query, *args, timeout=self._lease)
+            rows = await self._pool.fetch(query, *args, timeout=self._lease)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(
-                "aio88.fleet: the database failed (%s: %s); retrying on the next heartbeat",
-                type(exc).__name__,
-                exc,
-            )
+            # logged once per outage and then now and then, not once per statement
+            self._outage.failed(exc)
             raise _DatabaseError from exc
+        self._outage.ok()
+        return rows
 
     async def _send_finishes(self) -> None:
         if not self._to_finish:
@@ -702,13 +734,21 @@ class FleetLeases:
     async def _send_hints(self) -> None:
         if not self._to_hint:
             return
-        ids = sorted(self._to_hint)
-        self._to_hint = set()
+        ids = list(self._to_hint)
+        self._to_hint = {}
+        failed = self._hints_failed
+
+        def keep(rest: list[str]) -> None:  # before the ones hinted since: they are newer
+            newer, self._to_hint = self._to_hint, {}
+            self._queue_hints([*rest, *newer])
 
         async def send(chunk: list[str]) -> None:
             await self._fetch(_HINT, chunk)
 
-        await self._in_chunks(ids, send, self._to_hint.update)
+        await self._in_chunks(ids, send, keep)
+        self._hints_failed = False
+        if failed:
+            self._late_hints.update(dict.fromkeys(ids))
 
     def _report(self, task_id: str, entry: _Entry, kind: str, task_json: bytes | None) -> None:
         """Another process recorded ``task_id``'s end: tell every subscriber, once."""
@@ -717,7 +757,7 @@ class FleetLeases:
         if task_json is None:
             # A row finished without the task (by hand, say). The waiters must still hear
             # of it: empty bytes do not decode, so the poller asks the API itself.
-            log.warning("aio88.fleet: task %s is finished but its row holds no task", task_id)
+            log.warning("aio88 fleet: task %s is finished but its row holds no task", task_id)
             task_json = b""
         known = cast("Kind", kind) if kind in _KINDS else entry.kind
         entry.ended = (known, bytes(task_json))
@@ -737,4 +777,4 @@ class FleetLeases:
         try:
             handler(*args)
         except Exception:  # one subscriber's bug must not starve the others
-            log.exception("aio88.fleet: a lease subscriber failed")
+            log.exception("aio88 fleet: a lease subscriber failed")
