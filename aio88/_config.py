@@ -55,6 +55,7 @@ __all__ = [
     "FLEET_LEASE_MARGIN",
     "FLEET_BATCH",
     "FLEET_HINT_BACKLOG",
+    "FLEET_LATE_HINTS",
     "FLEET_OUTAGE_LOG_EVERY",
     "FLEET_BATCH_TEND",
     "FLEET_BATCH_DEAD_LEASES",
@@ -300,3 +301,7 @@ FLEET_HINT_BACKLOG = 10_000
 #: Seconds between the log lines that say a database outage goes on (the first failure is
 #: logged at once, and the recovery).
 FLEET_OUTAGE_LOG_EVERY = 30.0
+#: Seconds after an outage during which the hints kept through it are sent again on each
+#: heartbeat and reconnect: longer than the others' LISTEN reconnect backoff (at most
+#: FLEET_RECONNECT_MAX), so each of them is listening for one of the sends.
+FLEET_LATE_HINTS = 3 * FLEET_RECONNECT_MAX

@@ -224,6 +224,10 @@ async def test_a_fleet_used_after_it_closed_says_so(postgres_dsn: str) -> None:
         await fleet.beat()
 
 
+# An outage lasts as long as the LISTEN connection's reconnect backoff (up to 5 s) makes
+# it: seconds, more on a loaded machine.
+@pytest.mark.slow
+@pytest.mark.timeout(60)
 async def test_a_database_outage_is_a_few_log_lines(
     postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:

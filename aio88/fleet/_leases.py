@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
-from .._config import FLEET_BATCH, FLEET_HINT_BACKLOG, FLEET_LEASE_MARGIN
+from .._config import FLEET_BATCH, FLEET_HINT_BACKLOG, FLEET_LATE_HINTS, FLEET_LEASE_MARGIN
 from ._errors import FleetError
 from ._outage import OutageLog
 
@@ -244,11 +244,12 @@ class FleetLeases:
         # ids in the order hinted (a dict: each once, the oldest first), at most
         # FLEET_HINT_BACKLOG of them while the database is down
         self._to_hint: dict[str, None] = {}
-        # Hints that waited out an outage: sent once more on the next heartbeat or
-        # reconnect after the pass that sent them, because the other processes' LISTEN
-        # connections may come back after that pass, and a NOTIFY nobody listened to is
-        # lost (their waits would end only at the fallback poll).
+        # Hints that waited out an outage: sent again on every heartbeat or reconnect for
+        # FLEET_LATE_HINTS seconds after the pass that sent them, because the other
+        # processes' LISTEN connections come back later (their reconnect backoff), and a
+        # NOTIFY nobody listened to is lost (their waits would end at the fallback poll).
         self._late_hints: dict[str, None] = {}
+        self._late_until = 0.0
         self._hints_failed = False
         self._outage = outage or OutageLog(log)
         self._reread_all = False
@@ -290,10 +291,12 @@ class FleetLeases:
             await self._guarded_pass(beat=True)
 
     def _resend_late_hints(self) -> None:
-        """Queue once more the hints a pass sent after an outage (see ``_late_hints``)."""
+        """Queue again the hints a pass sent after an outage (see ``_late_hints``)."""
         if self._late_hints:
-            late, self._late_hints = self._late_hints, {}
-            self._queue_hints(late)
+            if self._clock() > self._late_until:
+                self._late_hints = {}
+            else:
+                self._queue_hints(list(self._late_hints))
 
     def on_notify(self, channel: str, payload: str) -> None:
         """A notification on ``aio88_finished`` or ``aio88_hint`` (payload: a task id)."""
@@ -749,6 +752,7 @@ class FleetLeases:
         self._hints_failed = False
         if failed:
             self._late_hints.update(dict.fromkeys(ids))
+            self._late_until = self._clock() + FLEET_LATE_HINTS
 
     def _report(self, task_id: str, entry: _Entry, kind: str, task_json: bytes | None) -> None:
         """Another process recorded ``task_id``'s end: tell every subscriber, once."""
