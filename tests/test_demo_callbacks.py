@@ -3,21 +3,20 @@ the figure it gives for polling alone is what the poller itself does."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from clocks import WatchedClock, settle
 
-from aio88 import Client, PollerStats, Schedule, Video
+from aio88 import Client, Schedule, Video
 from aio88._cli._demo import demo, polls_without_callbacks
 from aio88._cli._main import build_parser
 from aio88._cli._output import EXIT_FAILED, EXIT_OK, Printer
-from aio88.testing import Dialect, EmulatedTask, Emulator, ManualClock
+from aio88.testing import Dialect, EmulatedTask, Emulator
 
 
 async def run_demo(*flags: str) -> tuple[int, list[dict[str, Any]]]:
@@ -83,32 +82,6 @@ def test_polling_alone_counts_the_polls_of_a_schedule() -> None:
     )
     # Every 3 s, the first 3 s after the create: at 3, 6, 9 (running), 12 (ended at 10).
     assert polls_without_callbacks(task, Schedule.fixed(3.0), progress=True) == 4
-
-
-class WatchedClock(ManualClock):
-    """A manual clock that knows who sleeps on it, so a test can tell the poller is idle."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeping: list[float] = []
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleeping.append(deadline)
-        try:
-            await super().sleep_until(deadline)
-        finally:
-            self.sleeping.remove(deadline)
-
-
-async def settle(stats: Callable[[], PollerStats], clock: WatchedClock) -> None:
-    """Let the poller finish what is due now (see tests/test_poller.py's ``settle``)."""
-    calm, polls = 0, stats().polls
-    while calm < 4:
-        await (asyncio.sleep(0) if calm else asyncio.sleep(0.001))
-        now, seen = clock.now(), stats()
-        idle = seen.in_flight == 0 and clock.sleeping and min(clock.sleeping) > now
-        calm = calm + 1 if idle and seen.polls == polls else 0
-        polls = seen.polls
 
 
 @pytest.mark.parametrize("dialect", ["newapi", "docs"])

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from anyio.streams.buffered import BufferedByteReceiveStream
+from clocks import WatchedClock
 
 from aio88 import BadRequestError, Client, Schedule, Status, WebhookVerificationError
 from aio88.testing import CallbackFaults, Dialect, Emulator, ManualClock
@@ -96,20 +97,9 @@ async def receiver(
         yield recorder
 
 
-class WatchedClock(ManualClock):
-    """A manual clock that knows who sleeps on it, so a test advances it only once the
-    emulator waits (a deadline taken after an advance would start from the new time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeping: list[float] = []
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleeping.append(deadline)
-        try:
-            await super().sleep_until(deadline)
-        finally:
-            self.sleeping.remove(deadline)
+class SleeperClock(WatchedClock):
+    """A watched clock a test advances only once the emulator waits (a deadline taken
+    after an advance would start from the new time)."""
 
     async def wait_for_sleeper(self, deadline: float) -> None:
         """Until someone sleeps until exactly ``deadline``."""
@@ -282,7 +272,7 @@ async def test_a_malformed_callback_url_is_refused_at_create(dialect: Dialect) -
 
 
 async def test_a_task_ending_by_its_own_timeline_calls_back_on_the_emulators_clock() -> None:
-    clock = WatchedClock()
+    clock = SleeperClock()
     async with (
         receiver() as hook,
         Emulator(clock=clock, duration=(10.0, 10.0)) as emu,
@@ -316,7 +306,7 @@ async def test_a_real_clock_timeline_calls_back_too() -> None:
 async def test_retries_after_500s_follow_the_servers_schedule() -> None:
     """A 500 is retried 10 s later, then 20 s (on the emulator's clock); each attempt is
     signed afresh and carries the same body and delivery id."""
-    clock = WatchedClock()
+    clock = SleeperClock()
     async with (
         receiver([500, 503]) as hook,
         Emulator(clock=clock, duration=None) as emu,
@@ -402,7 +392,7 @@ async def test_a_duplicated_event_is_sent_twice() -> None:
 
 
 async def test_a_delayed_event_waits_its_delay() -> None:
-    clock = WatchedClock()
+    clock = SleeperClock()
     faults = CallbackFaults(delay_rate=1.0, delay=30.0)
     async with (
         receiver() as hook,
@@ -419,7 +409,7 @@ async def test_a_delayed_event_waits_its_delay() -> None:
 
 
 async def test_a_reordered_event_arrives_after_a_later_one_or_after_its_hold() -> None:
-    clock = WatchedClock()
+    clock = SleeperClock()
     faults = CallbackFaults(reorder_rate=1.0, hold=60.0)
     async with (
         receiver() as hook,
@@ -488,7 +478,7 @@ async def test_fault_draws_are_seeded() -> None:
 
 
 async def test_aclose_cancels_callbacks_waiting_to_be_sent() -> None:
-    clock = WatchedClock()
+    clock = SleeperClock()
     async with receiver([500]) as hook:
         async with (
             Emulator(clock=clock, duration=(100.0, 100.0)) as emu,

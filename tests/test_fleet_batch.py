@@ -13,43 +13,19 @@ worker exits 130 and hands its polls over at once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from commands import AIO88, aio88_process, emulator_env, json_events, write_jobs
 
 from aio88.testing import Emulator, Faults
 
 asyncpg = pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
-
-AIO88 = [sys.executable, "-m", "aio88"]
-
-
-def _env(emu: Emulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIO88_")}
-    env.update(AIO88_API_KEY=emu.api_key, AIO88_BASE_URL=emu.base_url)
-    return env
-
-
-def _jobs(path: Path, n: int) -> Path:
-    lines = [{"kind": "video", "prompt": f"fox {i}", "key": f"job-{i}"} for i in range(n)]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-def _events(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
-async def _aio88(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    result = await anyio.run_process([*AIO88, *args], env=env, check=False)
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
 async def _rows(dsn: str, query: str, *args: object) -> list[Any]:
@@ -65,14 +41,14 @@ async def _rows(dsn: str, query: str, *args: object) -> list[Any]:
 async def test_workers_started_together_import_once(tmp_path: Path, postgres_dsn: str) -> None:
     """Three workers started at once on one file: every one comes up, each job is imported
     and created once, all exit 0; ``--status --ledger`` reports the finished batch."""
-    jobs, out = _jobs(tmp_path / "jobs.jsonl", 20), tmp_path / "out"
+    jobs, out = write_jobs(tmp_path / "jobs.jsonl", 20), tmp_path / "out"
     async with Emulator(duration=(0.05, 0.2), poll_after_ms=50) as emu:
-        env = _env(emu)
+        env = emulator_env(emu)
         argv = ["run", str(jobs), "--out", str(out), "--ledger", postgres_dsn, "--lease", "2"]
         results: list[tuple[int, str, str]] = []
 
         async def worker() -> None:
-            results.append(await _aio88(*argv, "--json", env=env))
+            results.append(await aio88_process(*argv, "--json", env=env))
 
         async with anyio.create_task_group() as tg:
             for _ in range(3):
@@ -84,18 +60,18 @@ async def test_workers_started_together_import_once(tmp_path: Path, postgres_dsn
         rows = await _rows(postgres_dsn, "SELECT state, count(*) FROM aio88_batch_jobs GROUP BY 1")
         assert {row[0]: row[1] for row in rows} == {"downloaded": 20}
 
-        code, stdout, stderr = await _aio88(
+        code, stdout, stderr = await aio88_process(
             "run", "--status", str(out), "--ledger", postgres_dsn, "--json", env=env
         )
         assert code == 0, stderr
-        assert _events(stdout)[-1]["downloaded"] == 20
+        assert json_events(stdout)[-1]["downloaded"] == 20
         # A file gone is noticed when the folder is named, and only then.
         next((out / "videos").glob("*.mp4")).unlink()
-        code, stdout, _ = await _aio88(
+        code, stdout, _ = await aio88_process(
             "run", "--status", str(out), "--ledger", postgres_dsn, "--json", env=env
         )
-        assert code == 1 and _events(stdout)[-1]["missing"] == 1
-        code, stdout, _ = await _aio88("run", "--status", "--ledger", postgres_dsn, env=env)
+        assert code == 1 and json_events(stdout)[-1]["missing"] == 1
+        code, stdout, _ = await aio88_process("run", "--status", "--ledger", postgres_dsn, env=env)
         assert code == 0
     assert len(list((out / "videos").glob("*.mp4"))) == 19
 
@@ -109,9 +85,9 @@ async def test_a_worker_killed_mid_way(tmp_path: Path, postgres_dsn: str) -> Non
     become unconfirmed, no .part is left; the rerun with --resend-unconfirmed completes
     the batch with one file per job."""
     total, lease = 60, 2.0
-    jobs, out = _jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
+    jobs, out = write_jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
     async with Emulator(duration=(1.0, 2.0), poll_after_ms=100) as emu:
-        env = _env(emu)
+        env = emulator_env(emu)
         argv = [
             *AIO88,
             "run",
@@ -162,11 +138,11 @@ async def test_a_worker_killed_mid_way(tmp_path: Path, postgres_dsn: str) -> Non
             assert submitted  # the dead worker left tasks to poll
 
             # Who holds what, while the dead worker's lease runs.
-            code, stdout, stderr = await _aio88(
+            code, stdout, stderr = await aio88_process(
                 "run", "--status", "--ledger", postgres_dsn, "--json", env=env
             )
             assert code == 1, stderr
-            assert [e for e in _events(stdout) if e["event"] == "worker"]
+            assert [e for e in json_events(stdout) if e["event"] == "worker"]
 
             emu.faults.latency = 0.0
             with anyio.fail_after(90):
@@ -189,7 +165,7 @@ async def test_a_worker_killed_mid_way(tmp_path: Path, postgres_dsn: str) -> Non
         )
         assert not list(out.rglob("*.part"))
 
-        code, _, stderr = await _aio88(
+        code, _, stderr = await aio88_process(
             "run",
             str(jobs),
             "--out",
@@ -202,10 +178,10 @@ async def test_a_worker_killed_mid_way(tmp_path: Path, postgres_dsn: str) -> Non
         assert code == 0, stderr
         # Each job was created once, but for an unconfirmed one whose create had arrived.
         assert len(emu.tasks) <= total + len(unconfirmed)
-        code, stdout, _ = await _aio88(
+        code, stdout, _ = await aio88_process(
             "run", "--status", str(out), "--ledger", postgres_dsn, "--json", env=env
         )
-        assert code == 0 and _events(stdout)[-1]["downloaded"] == total
+        assert code == 0 and json_events(stdout)[-1]["downloaded"] == total
     paths = [row[0] for row in await _rows(postgres_dsn, "SELECT path FROM aio88_batch_jobs")]
     files = {path.absolute() for path in (out / "videos").glob("*.mp4")}
     assert len(set(paths)) == total and {Path(path) for path in paths} == files
@@ -223,13 +199,13 @@ def _model_jobs(path: Path, n: int) -> Path:
 
 
 def _dashboard_env(emu: Emulator) -> dict[str, str]:
-    env = _env(emu)
+    env = emulator_env(emu)
     env.update(AIO88_DASHBOARD_TOKEN=emu.dashboard_token, AIO88_USER_ID=str(emu.user_id))
     return env
 
 
 def _file_events(path: Path) -> list[dict[str, Any]]:
-    return _events(path.read_text())
+    return json_events(path.read_text())
 
 
 async def _until_rows(dsn: str, query: str, *args: object, within: float = 60.0) -> None:
@@ -305,9 +281,9 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
             # The held creates are stored now; their answers wait in the sleeper's socket.
             emu.faults.latency = 0.0
 
-            code, stdout, stderr = await _aio88(*argv, "-v", "--json", env=env)
+            code, stdout, stderr = await aio88_process(*argv, "-v", "--json", env=env)
             assert code == 1, stderr  # the sleeper's creates in flight are unconfirmed
-            taken = {e["key"] for e in _events(stdout) if e["event"] == "taken_over"}
+            taken = {e["key"] for e in json_events(stdout) if e["event"] == "taken_over"}
             assert submitted <= taken
             states = dict(await _rows(postgres_dsn, "SELECT key, state FROM aio88_batch_jobs"))
             assert {k for k, s in states.items() if s == "unconfirmed"} == in_flight
@@ -343,11 +319,11 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
             )
         finally:
             await connection.close()
-        code, stdout, stderr = await _aio88(
+        code, stdout, stderr = await aio88_process(
             *argv, "--reconcile", "--settle", "0", "--json", env=env
         )
         assert code == 0, stderr + stdout
-        adopted = {e["key"]: e["id"] for e in _events(stdout) if e["event"] == "adopted"}
+        adopted = {e["key"]: e["id"] for e in json_events(stdout) if e["event"] == "adopted"}
         assert set(adopted) == in_flight
         assert {emu.tasks[i].prompt for i in adopted.values()} == {
             f"fox {key.split('-')[1]}" for key in in_flight
@@ -371,9 +347,9 @@ async def test_ctrl_c_of_one_worker_hands_its_polls_over_at_once(
     process row, so the other takes its tasks over at once (not after ten minutes) and
     finishes the batch: every job created once and downloaded."""
     total = 16
-    jobs, out = _jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
+    jobs, out = write_jobs(tmp_path / "jobs.jsonl", total), tmp_path / "out"
     async with Emulator(duration=(1.0, 1.5), poll_after_ms=100) as emu:
-        env = _env(emu)
+        env = emulator_env(emu)
         argv = [*AIO88, "run", str(jobs), "--out", str(out), "--ledger", postgres_dsn]
         silent = subprocess.DEVNULL
         emu.faults.latency = 0.2  # creates take a while: some are left at the Ctrl-C
@@ -449,14 +425,14 @@ async def test_a_create_waiting_out_a_429_is_not_claimed_again(
 ) -> None:
     """A create put back to ``pending`` for a 429's pause stays this worker's one create:
     the worker does not claim it a second time (each job created once, no traceback)."""
-    jobs = _jobs(tmp_path / "jobs.jsonl", 6)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 6)
     # Creates in 429 pauses while slots are free: the worker looks for work meanwhile.
     storm = Faults(rate_429=0.4, retry_after=1.5)
     async with Emulator(duration=(0.2, 0.5), faults=storm) as emu:
-        code, _, err = await _aio88(
+        code, _, err = await aio88_process(
             "run", str(jobs), "--out", str(tmp_path / "out"), "--ledger", postgres_dsn,
             "--lease", "5", "--create-concurrency", "4", "--json",
-            env=_env(emu),
+            env=emulator_env(emu),
         )  # fmt: skip
         assert code == 0, err
         assert "Traceback" not in err

@@ -4,20 +4,20 @@ aiohttp.web server on loopback, with a manual clock where timing matters."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from clocks import WatchedClock, settle
 
-from aio88 import CallbackEvent, Client, Outcome, PollerStats, Schedule, Status
+from aio88 import CallbackEvent, Client, Outcome, Schedule, Status
 from aio88._config import CALLBACK_MEMORY, DEFAULT_RETRY, DEFAULT_TIMEOUTS
 from aio88._http import Transport
 from aio88._poll import Poller
@@ -25,33 +25,6 @@ from aio88._webhooks import Webhooks
 from aio88.testing import Emulator, ManualClock
 
 KEY = "sk-test"
-
-
-class WatchedClock(ManualClock):
-    """A manual clock that knows who sleeps on it, so a test can tell the poller is idle."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeping: list[float] = []
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleeping.append(deadline)
-        try:
-            await super().sleep_until(deadline)
-        finally:
-            self.sleeping.remove(deadline)
-
-
-async def settle(stats: Callable[[], PollerStats], clock: WatchedClock) -> None:
-    """Let the poller finish what is due now (see tests/test_poller.py's ``settle``)."""
-    calm, polls = 0, stats().polls
-    with anyio.fail_after(10):
-        while calm < 4:
-            await (asyncio.sleep(0) if calm else asyncio.sleep(0.001))
-            now, seen = clock.now(), stats()
-            idle = seen.in_flight == 0 and clock.sleeping and min(clock.sleeping) > now
-            calm = calm + 1 if idle and seen.polls == polls else 0
-            polls = seen.polls
 
 
 def callback(
