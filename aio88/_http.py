@@ -247,11 +247,6 @@ class Transport:
 
     # -- pacing --------------------------------------------------------------------------
 
-    async def _wait_turn(self) -> None:
-        """Take a token from the shared rate budget, sleeping if none is free, and past
-        any pause a 429 asked for, also one that came while this request slept."""
-        await self.rate.wait_turn()
-
     def _on_429(self, retry_after: float | None, sent_at: float) -> float:
         """Slow the whole client after a 429 for a request sent at ``sent_at``; return
         the pause applied. Only a request sent after the last 429 was acted on makes a new
@@ -325,7 +320,9 @@ class Transport:
         taken = False  # a POST answered by a redirect to a GET: the server took it
         attempt = redirects = 0
         while True:
-            await self._wait_turn()
+            # A token from the shared budget, and past any 429's pause (one await: no
+            # wrapper of ours on every request's path).
+            await self.rate.wait_turn()
             sent_at = self.clock()
             attempt += 1
             self.requests_sent += 1
@@ -480,7 +477,7 @@ class Transport:
                 status, body, headers, retry_after=retry_after, media_host=media_host
             )
         if status == 429:
-            # Everyone now waits for the shared pause in _wait_turn; don't add our own.
+            # Everyone now waits for the shared pause in rate.wait_turn; don't add our own.
             self._log_retry(what, attempt, pause, "HTTP 429, the whole client pauses")
             return 0.0
         self._log_retry(what, attempt, delay, f"HTTP {status}")

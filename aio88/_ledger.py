@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "LedgerStore",
     "SharedLedger",
     "SqliteStore",
+    "edited_jobs",
 ]
 
 
@@ -121,6 +122,18 @@ class Job:
     """Unix time its create was last about to be written (each try, each resend)."""
 
 
+def edited_jobs(jobs: Iterable[Job], known: Iterable[Job]) -> list[tuple[Job, Job]]:
+    """(job as the file has it now, job as a ledger knows it) for every key of ``jobs``
+    whose request or kind differs in ``known`` (every ledger judges edits this way)."""
+    by_key = {job.key: job for job in known}
+    return [
+        (job, old)
+        for job in jobs
+        if (old := by_key.get(job.key)) is not None
+        and (old.request, old.kind) != (job.request, job.kind)
+    ]
+
+
 class LedgerBusyError(Exception):
     """Another ``aio88 run`` holds this ledger (its message names the folder and pid)."""
 
@@ -185,13 +198,7 @@ class Ledger:
     def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
         """(job as the file has it now, job as the ledger knows it) for every key whose
         request changed."""
-        known = {job.key: job for job in self.jobs()}
-        return [
-            (job, known[job.key])
-            for job in jobs
-            if job.key in known
-            and (known[job.key].request, known[job.key].kind) != (job.request, job.kind)
-        ]
+        return edited_jobs(jobs, self.jobs())
 
     def replace_request(self, job: Job) -> None:
         """Take a job's new request (only for a job not sent yet)."""

@@ -38,15 +38,6 @@ class LocalRateBudget:
         """Whether a 429 lowered the rate and it has not grown back yet."""
         return self._rate.recovering
 
-    @property
-    def paused_until(self) -> float:
-        """No request starts before this time on the clock (a 429's pause)."""
-        return self._rate.paused_until
-
-    def current_rate(self) -> float | None:
-        """The rate in force now (lowered after a 429); ``None`` when unlimited."""
-        return self._rate.current_rate(self._clock())
-
     async def wait_turn(self) -> None:
         """Take a token, sleeping if none is free, and past any pause a 429 asked for,
         also one that came while this call slept."""

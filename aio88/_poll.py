@@ -53,7 +53,7 @@ from ._errors import (
     WebhookVerificationError,
     wrong_task_error,
 )
-from ._fetch import fetch_task
+from ._fetch import DECODERS, fetch_task
 from ._http import Transport
 from ._models import (
     GenerationTask,
@@ -64,8 +64,6 @@ from ._models import (
     Video,
     check_id,
     compact,
-    decode_generation,
-    decode_video,
 )
 from ._outcome import Outcome, PollerStats
 from ._retry import backoff_delay
@@ -88,9 +86,6 @@ _FATAL = (AuthenticationError, PermissionDeniedError)
 _TRANSIENT = (APIConnectionError, APIStatusError, APIResponseValidationError)
 
 
-#: How a verification error that is the request's shape, not its authenticity, begins or
-#: reads: these come only after the signature checked out (see ``_webhooks.unwrap``), so
-#: the sender is genuine and its request malformed (400, not 401).
 class _Waiter:
     __slots__ = ("event", "looking", "outcome")
 
@@ -653,8 +648,8 @@ class Poller:
             return
         if transport.congestion_signals != self._signals_seen:  # a 429, then a retry's success
             self._congested()
-        elif transport.rate_limited == limited_before:
-            self._regrow()
+        elif self._congestion.lowered and transport.rate_limited == limited_before:
+            self._regrow()  # only after a 429 lowered it: the clean path costs one test
         entry.failures = 0
         previous, entry.task = entry.task, task
         status = task.status
@@ -682,9 +677,7 @@ class Poller:
         if entry is None:
             return
         try:
-            task: Task = (
-                decode_video(task_json) if kind == "video" else decode_generation(task_json)
-            )
+            task = DECODERS[kind](task_json)
         except (msgspec.DecodeError, ResponseShapeError):
             # Another version of aio88 wrote it, say. The fleet holds it as ended, so no
             # lease will be had for it: ask the API directly, once, now.
@@ -742,10 +735,9 @@ class Poller:
         self._signals_seen = signals
 
     def _regrow(self) -> None:
-        """A clean poll: one more slot per window of successes (additive increase)."""
+        """A clean poll while lowered: one more slot per window of successes (additive
+        increase)."""
         congestion = self._congestion
-        if congestion.decreased_at == -math.inf:
-            return  # never congested: at the ceiling, and the poll path stays lean
         now = self._clock.now()
         before = int(congestion.current(now))
         congestion.success(now)

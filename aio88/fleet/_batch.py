@@ -35,7 +35,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._config import FLEET_BATCH_DEAD_LEASES, FLEET_CONNECT_TIMEOUT
-from .._ledger import Job, JobState
+from .._ledger import Job, JobState, edited_jobs
 from . import Fleet
 
 __all__ = ["BatchWorker", "PostgresLedger", "batch_status", "open_batch"]
@@ -162,13 +162,7 @@ class PostgresLedger:
 
     async def edited(self, jobs: list[Job]) -> list[tuple[Job, Job]]:
         """(job as the file has it, job as the ledger knows it) for every changed key."""
-        known = {job.key: job for job in await self.jobs()}
-        return [
-            (job, known[job.key])
-            for job in jobs
-            if job.key in known
-            and (known[job.key].request, known[job.key].kind) != (job.request, job.kind)
-        ]
+        return edited_jobs(jobs, await self.jobs())
 
     async def replace_request(self, job: Job) -> None:
         """Take a job's new request (only while it is ``pending``)."""
