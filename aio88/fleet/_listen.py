@@ -20,12 +20,22 @@ from typing import Any
 
 import asyncpg
 
-from .._config import FLEET_LISTEN_CHECK, FLEET_RECONNECT_MAX, FLEET_RECONNECT_MIN
+from .._config import FLEET_LISTEN_CHECK, FLEET_RECONNECT_MAX, FLEET_RECONNECT_MIN, RetryPolicy
+from .._retry import backoff_delay
 from ._errors import DB_ERRORS
 
 __all__ = ["Listener"]
 
 log = logging.getLogger("aio88.fleet")
+
+#: The reconnect backoff: from FLEET_RECONNECT_MIN, doubling, at most FLEET_RECONNECT_MAX.
+_RECONNECT = RetryPolicy(backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX)
+
+
+def _half_jitter() -> float:
+    # Never less than half the ceiling: a reconnect loop must not spin at ~0 s.
+    return random.uniform(0.5, 1.0)
+
 
 #: ``handler(payload)``: called for each notification on its channel, in the event loop;
 #: it must not block (and should not raise: what it raises is logged).
@@ -134,14 +144,14 @@ class Listener:
             if lost is not None:
                 lost.terminate()
             log.warning("aio88 fleet: the LISTEN connection was lost; reconnecting")
-            delay = FLEET_RECONNECT_MIN
+            tries = 0
             while True:
                 try:
                     await self._open()
                     break
                 except DB_ERRORS:
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(FLEET_RECONNECT_MAX, delay * 2)
+                    await asyncio.sleep(backoff_delay(tries, _RECONNECT, _half_jitter))
+                    tries += 1
             self.reconnects += 1
             for hook in self._hooks:
                 await _run_hook(hook)
