@@ -394,9 +394,11 @@ class SharedLedger(LedgerStore, Protocol):
         ...
 
     async def reclaim(self, key: str) -> bool:
-        """Commit ``key`` ``submitting`` again for a new try of its create, if it is still
-        ``pending`` (put back when a try provably sent nothing); ``False``: another worker
-        took it meanwhile, and this try must not be sent."""
+        """Commit ``key`` ``submitting`` (again) just before its create is written: if it is
+        ``pending`` (put back when a try provably sent nothing) or still ``submitting`` and
+        this worker's (its claim holds); ``False``: another worker took it meanwhile (or
+        took this one for dead and made it ``unconfirmed``), and the create must not be
+        sent."""
         ...
 
     async def take_over(self) -> list[Job]:

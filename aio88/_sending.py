@@ -39,7 +39,7 @@ class SendMark:
             reads :attr:`sent` and the exception then.
     """
 
-    __slots__ = ("_before_write", "_not_taken", "committed", "sent")
+    __slots__ = ("_before_write", "_confirm", "_not_taken", "committed", "sent")
 
     def __init__(self, before_write: Hook | None = None, not_taken: Hook | None = None) -> None:
         self._before_write = before_write or _nothing
@@ -48,7 +48,17 @@ class SendMark:
         """Some of the current try's request was handed to a connection: the server may
         have it. ``False`` means provably not sent."""
         self.committed = False
-        """``before_write`` ran and was not undone since."""
+        """``before_write`` ran (or the caller committed ahead, :meth:`claimed`) and was not
+        undone since."""
+        self._confirm = False
+
+    def claimed(self) -> None:
+        """The caller committed before sending (a shared ledger's claim). ``before_write``
+        still runs before the first write, to confirm that the commit holds: the wait
+        between (a rate budget, a connection, a process stopped) may have been long
+        enough for another worker to take the job."""
+        self.committed = True
+        self._confirm = True
 
     def new_try(self) -> None:
         """A new try (or redirect hop) starts: nothing of it is sent yet."""
@@ -57,7 +67,8 @@ class SendMark:
     async def writing(self) -> None:
         """The request is about to be written: commit, unless committed and not undone
         since (a redirect hop, a retry after a failure that may have reached the server)."""
-        if not self.committed:
+        if not self.committed or self._confirm:
+            self._confirm = False
             await self._before_write()
             self.committed = True
 

@@ -12,6 +12,7 @@ worker exits 130 and hands its polls over at once.
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -23,9 +24,14 @@ import anyio
 import pytest
 from commands import AIO88, aio88_process, emulator_env, json_events, write_jobs
 
+from aio88 import Client
+from aio88._cli._creates import Creates
+from aio88._cli._output import Printer
+from aio88._ledger import Job
 from aio88.testing import Emulator, Faults
 
 asyncpg = pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
+from aio88.fleet._batch import open_batch  # noqa: E402 - needs asyncpg
 
 
 async def _rows(dsn: str, query: str, *args: object) -> list[Any]:
@@ -229,6 +235,51 @@ _SNAPSHOT = (
     "SELECT key, state, task_id, path, size, sha256, owner, error, timed_out, updated_at "
     "FROM aio88_batch_jobs ORDER BY key"
 )
+
+
+async def test_a_claim_taken_before_its_create_is_written_sends_nothing(
+    postgres_dsn: str,
+) -> None:
+    """Between a job's claim and its create's first byte lie the rate budget's wait, a
+    connection, perhaps a process stopped: if another worker took this one for dead
+    meanwhile (and made the job ``unconfirmed``), the claim is confirmed just before the
+    write, fails, and nothing is sent; the job stays as that worker left it, said lost."""
+    async with (
+        Emulator() as emu,
+        open_batch(postgres_dsn, lease=5) as ledger,
+        Client(api_key=emu.api_key, base_url=emu.base_url) as client,
+    ):
+        request = {"model": "sora-2", "prompt": "fox"}
+        await ledger.add_new([Job(key="job-0", line=1, kind="video", request=request)])
+
+        async def claim_then_buried(skip: set[str]) -> Job | None:
+            job = await ledger.claim(skip)
+            if job is not None:  # what the taker's bury() does to it
+                await _rows(
+                    postgres_dsn,
+                    "UPDATE aio88_batch_jobs SET state = 'unconfirmed', owner = NULL "
+                    "WHERE key = $1",
+                    job.key,
+                )
+            return job
+
+        given_up: list[tuple[str, str]] = []
+        out = io.StringIO()
+        creates = Creates(
+            client,
+            ledger,
+            Printer(json_lines=True, verbose=1, stream=out),
+            on_created=lambda job, task: pytest.fail(f"{job.key} created"),
+            on_given_up=lambda job, state: given_up.append((job.key, state)),
+            concurrency=1,
+            shared=ledger,
+        )
+        await creates.run_claimed(claim_then_buried)
+        assert not [r for r in emu.requests if r.method == "POST"]
+    assert given_up == [("job-0", "lost")]
+    assert [e["key"] for e in json_events(out.getvalue()) if e["event"] == "lost"] == ["job-0"]
+    rows = await _rows(postgres_dsn, "SELECT state, owner FROM aio88_batch_jobs")
+    assert [tuple(row) for row in rows] == [("unconfirmed", None)]
 
 
 @pytest.mark.slow

@@ -55,6 +55,19 @@ async def test_a_create_is_committed_before_the_server_sees_it() -> None:
         assert journal.mark.sent and journal.mark.committed
 
 
+async def test_a_claim_made_ahead_is_confirmed_before_the_first_byte() -> None:
+    """Committed ahead (a shared ledger's claim), the mark still runs ``before_write``
+    once, just before the write: the claim is confirmed after whatever wait came between."""
+    async with Emulator(api_key="sk-test") as emu, _client(emu.base_url) as client:
+        journal = Journal(emu)
+        journal.mark.claimed()
+        with marking(journal.mark):
+            await client.videos.create(prompt="a fox")
+            await client.videos.create(prompt="a second fox, same mark")
+        assert journal.events == ["commit (server had 0)"]
+        assert journal.mark.sent and journal.mark.committed
+
+
 async def test_nothing_listening_is_not_sent_and_never_committed(closed_port: int) -> None:
     async with _client(f"http://127.0.0.1:{closed_port}/v1") as client:
         journal = Journal()

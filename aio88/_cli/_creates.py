@@ -181,8 +181,10 @@ class Creates:
             before_write=partial(self._before_write, job),
             not_taken=partial(self._set, job, "pending"),
         )
-        # Claimed from a shared ledger: committed ``submitting`` already, by the claim.
-        mark.committed = job.state == "submitting"
+        if job.state == "submitting":
+            # Claimed from a shared ledger: committed ``submitting`` already, by the claim,
+            # and confirmed just before the first byte is written (_before_write).
+            mark.claimed()
         try:
             with anyio.CancelScope() as scope:
                 self._in_flight[job.key] = (scope, mark)
@@ -202,7 +204,10 @@ class Creates:
             raise _CalledOff
         if self._shared is not None:
             if not await self._shared.reclaim(job.key):
-                raise _CalledOff  # put back, and taken by another worker since
+                # Taken by another worker since it was claimed or put back (this one
+                # was stopped for over two leases, or waited out a 429): theirs now.
+                self._lose(job, None)
+                raise _CalledOff
             return
         await self._set_now(job, "submitting", None)
 

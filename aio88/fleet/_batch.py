@@ -272,11 +272,13 @@ class PostgresLedger:
         return None if row is None else _job(row)
 
     async def reclaim(self, key: str) -> bool:
-        """``key`` ``submitting`` again for a new try, if nobody took it meanwhile."""
+        """``key`` ``submitting`` for the try about to be written, if nobody took it
+        meanwhile (see :meth:`aio88._ledger.SharedLedger.reclaim`)."""
         status = await self._pool.execute(
             "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "
             "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
-            "sending_last = $3 WHERE key = $2 AND state = 'pending'",
+            "sending_last = $3 WHERE key = $2 AND (state = 'pending' "
+            "OR (state = 'submitting' AND owner = $1))",
             self.worker,
             key,
             time.time(),
