@@ -67,7 +67,7 @@ def build_parser(prog: str = "aio88 emulator") -> argparse.ArgumentParser:
         "(default dash-test)",
     )
     parser.add_argument(
-        "--user-id", type=_user_id, default=1, help="the dashboard user id (default 1)"
+        "--user-id", type=whole_number(1), default=1, help="the dashboard user id (default 1)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -268,12 +268,6 @@ def _token(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
-
-
-def _user_id(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return int(text)
 
 
 def callback_faults(args: argparse.Namespace) -> CallbackFaults:
