@@ -59,6 +59,7 @@ __all__ = [
     "FLEET_OUTAGE_LOG_EVERY",
     "FLEET_BATCH_TEND",
     "FLEET_BATCH_DEAD_LEASES",
+    "FLEET_BATCH_PATIENCE",
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
@@ -197,6 +198,10 @@ FLEET_BATCH_TEND = 0.5
 #: A batch worker counts as dead once its heartbeat is older than this many of its leases
 #: (not one: a late heartbeat, a stalled loop or a slow database must not look like death).
 FLEET_BATCH_DEAD_LEASES = 2
+#: How long a batch worker waits for its database to come back (a restart, a fail-over, the
+#: network) before it stops (seconds). Meanwhile its polls go on; what it has to record
+#: waits, and is recorded once the database answers again.
+FLEET_BATCH_PATIENCE = 300.0
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

@@ -401,9 +401,11 @@ class SharedLedger(LedgerStore, Protocol):
         sent."""
         ...
 
-    async def take_over(self) -> list[Job]:
+    async def take_over(self, mine: set[str]) -> list[Job]:
         """The ``submitted`` jobs of dead workers (and of none), now owned by this worker
-        to poll and download (a job left by a ``--timeout`` is not taken)."""
+        to poll and download (a job left by a ``--timeout`` is not taken). ``mine``: the
+        keys of every job this worker claimed or took over so far; should a try's answer
+        be lost, the next also returns this worker's ``submitted`` jobs not among them."""
         ...
 
     async def bury(self) -> int:

@@ -77,6 +77,7 @@ class Creates:
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._slots = anyio.Semaphore(concurrency)
         self._in_flight: dict[str, tuple[anyio.CancelScope, SendMark]] = {}
+        self._claimed: set[str] = set()  # claimed from a shared ledger, not settled yet
         self._backoff = RetryPolicy()
         self.stopping = False
         """No more creates will be sent (a Ctrl-C, or a fatal error)."""
@@ -119,6 +120,7 @@ class Creates:
                         return
                     await anyio.sleep(FLEET_BATCH_TEND)  # held by a try of another worker
                     continue
+                self._claimed.add(job.key)
                 await self._create(job)
             async with anyio.create_task_group() as tg:
                 while not self.stopping:
@@ -131,6 +133,7 @@ class Creates:
                         self._slots.release()
                         raise
                     if job is not None:
+                        self._claimed.add(job.key)  # its create starts in a moment
                         tg.start_soon(self._create_in_slot, job)
                         continue
                     self._slots.release()
@@ -144,8 +147,10 @@ class Creates:
         # Its own creates waiting out a 429 are ``pending`` in the ledger (so that a crash
         # then leaves them to be sent, not unconfirmed): claimed again here, they would
         # have two creates in one worker. Another worker may take them; the waiting try
-        # then finds them gone (reclaim) and sends nothing.
-        return self.left_pending | self._in_flight.keys()
+        # then finds them gone (reclaim) and sends nothing. Every job it claimed and has
+        # not settled is named, so that a claim tried again after a lost answer puts back
+        # only the job that answer claimed (PostgresLedger.claim).
+        return self.left_pending | self._claimed
 
     def _stopped(self) -> bool:
         # A method, not the attribute: a Ctrl-C may set it while this task awaits.
@@ -193,10 +198,13 @@ class Creates:
             # Settled, or called off by stop(), or cancelled with the whole run: what
             # the ledger says must match what may have reached the server.
             del self._in_flight[job.key]
-            if job.key not in self._settled:
-                # Shielded: a cancelled run must still leave the ledger true.
-                with anyio.CancelScope(shield=True):
-                    await self._call_off(job, mark)
+            try:
+                if job.key not in self._settled:
+                    # Shielded: a cancelled run must still leave the ledger true.
+                    with anyio.CancelScope(shield=True):
+                        await self._call_off(job, mark)
+            finally:
+                self._claimed.discard(job.key)
 
     async def _before_write(self, job: Job) -> None:
         if self.stopping:

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -83,12 +84,35 @@ async def run_batch(args: argparse.Namespace, printer: Printer) -> int:
                 raise UsageError(f"--ledger: {exc}") from None
             # --rate-limit and a 429's pause hold for every worker of the batch together.
             client = api_client(rate_limit=args.rate_limit, fleet=shared.fleet)
-            return await _run_on(shared, shared, jobs, out, client, args, printer, credentials)
+            try:
+                return await _run_on(shared, shared, jobs, out, client, args, printer, credentials)
+            except Exception as exc:  # an ExceptionGroup from the run's tasks
+                gone = _found_in(exc, FleetError)
+                if gone is None:
+                    raise
+                # The database out of reach for too long: one line and exit 1, not an
+                # ExceptionGroup's traceback.
+                raise gone from None
     store = SqliteStore(Ledger(out))
     try:
         return await _run_on(store, None, jobs, out, client, args, printer, credentials)
     finally:
         await store.close()
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _found_in(error: BaseException, kind: type[_E]) -> _E | None:
+    """``error`` if it is a ``kind``, or the first ``kind`` in it if it is an exception
+    group (nested or not; Python 3.10's backport included)."""
+    if isinstance(error, kind):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _found_in(inner, kind)
+        if found is not None:
+            return found
+    return None
 
 
 async def _run_on(
@@ -302,10 +326,13 @@ async def _run_jobs(
             shared=shared,
         )
 
+        mine: set[str] = set()  # the jobs this worker claimed or took over (a shared batch)
+
         async def claim(skip: set[str]) -> Job | None:
             assert shared is not None
             job = await shared.claim(skip)
             if job is not None:
+                mine.add(job.key)
                 tally.total += 1
                 outcomes.expect(1)  # its task (or its forget(), if it is given up)
             return job
@@ -318,8 +345,9 @@ async def _run_jobs(
                 buried = await shared.bury()
                 if buried:
                     printer.detail("unconfirmed", jobs=buried, error="their worker died")
-                for job in await shared.take_over():
+                for job in await shared.take_over(mine):
                     assert job.task_id is not None
+                    mine.add(job.key)
                     tally.total += 1
                     outcomes.expect(1)  # so that the add below cannot take a create's place
                     outcomes.add([job.task_id], kind=job.kind)

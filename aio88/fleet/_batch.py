@@ -18,27 +18,52 @@ worker imports the jobs file (idempotently, by key), then:
 - ends when nothing is left that it could do: no job pending, none being created, none
   being polled by another worker.
 
+While the database is out of reach (a restart, a fail-over, the network), every statement
+is tried again with backoff, for ``FLEET_BATCH_PATIENCE`` seconds; then the worker stops
+with a :class:`~aio88.fleet.FleetError`, its jobs left as they are (the others take them
+over once it is dead). A statement whose answer was lost may have been committed: each is
+written so that trying it again gives what the first try would have (a claim whose answer
+was lost is put back; a job taken over is returned by the next try).
+
 Implements :class:`aio88._ledger.SharedLedger`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._config import FLEET_BATCH_DEAD_LEASES, FLEET_CONNECT_TIMEOUT
+from .._config import (
+    FLEET_BATCH_DEAD_LEASES,
+    FLEET_BATCH_PATIENCE,
+    FLEET_CONNECT_TIMEOUT,
+    FLEET_RECONNECT_MAX,
+    FLEET_RECONNECT_MIN,
+    RetryPolicy,
+)
 from .._ledger import Job, JobState, edited_jobs
+from .._retry import backoff_delay
 from . import Fleet
+from ._errors import UNREACHABLE, FleetError
+from ._outage import OutageLog
 
 __all__ = ["BatchWorker", "PostgresLedger", "batch_status", "open_batch"]
+
+log = logging.getLogger("aio88.fleet")
+_T = TypeVar("_T")
+#: The backoff between tries of a statement while the database is out of reach.
+_RETRY = RetryPolicy(backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX)
 
 #: The advisory lock taken while the batch table is created (workers start together).
 _SCHEMA_LOCK = 0x6A10_88BA_7C40_0001
@@ -100,6 +125,11 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
+def _half_jitter() -> float:
+    # Never less than half the ceiling: a retry loop must not spin at ~0 s.
+    return random.uniform(0.5, 1.0)
+
+
 def _count(status: str) -> int:
     """The row count of a command's status (``UPDATE 3``, ``INSERT 0 3``)."""
     return int(status.split()[-1])
@@ -120,23 +150,87 @@ class PostgresLedger:
         pool: Connections to the batch's database.
         worker: This worker's id: its fleet process id.
         where: ``host:port`` of the database, for messages.
+        fleet: The worker's fleet.
+        patience: Seconds to wait for the database while it is out of reach, before
+            :class:`~aio88.fleet.FleetError`.
+        clock: Monotonic seconds.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool[Any], *, worker: str, where: str, fleet: Fleet | None = None
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        worker: str,
+        where: str,
+        fleet: Fleet | None = None,
+        patience: float = FLEET_BATCH_PATIENCE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.worker = worker
         self.where = f"postgresql {where}"
         self.fleet = fleet
         """The worker's fleet: its client's rate budget and task leases are the fleet's."""
+        self._patience = patience
+        self._clock = clock
+        self._outage = OutageLog(log, retrying=f"for up to {patience:.0f} s")
+        self._down_since: float | None = None  # when statements began to fail
+        self._gone: FleetError | None = None  # out of reach for too long: the worker stops
+
+    async def _patiently(self, statement: Callable[[int], Awaitable[_T]]) -> _T:
+        """``statement(retry)`` (``retry`` 0, then 1, 2... after failures) until it gets
+        through. While the database is out of reach, tried again with backoff; once it has
+        been for ``patience`` seconds, :class:`~aio88.fleet.FleetError`, and every later
+        call fails at once (the worker stops; its jobs stay as they are)."""
+        retry = 0
+        while True:
+            if self._gone is not None:
+                raise self._gone
+            try:
+                result = await statement(retry)
+            except UNREACHABLE as exc:
+                self._outage.failed(exc)
+                now = self._clock()
+                if self._down_since is None:
+                    self._down_since = now
+                elif now - self._down_since >= self._patience:
+                    self._gone = FleetError(
+                        f"the batch's database ({self.where}) has been out of reach for "
+                        f"{now - self._down_since:.0f} s (the last failure: "
+                        f"{type(exc).__name__}: {exc}); this worker stops. Its jobs stay as "
+                        "they are; rerun it (or let the other workers take them over) once "
+                        "the database is back"
+                    )
+                    raise self._gone from None
+                await anyio.sleep(backoff_delay(retry, _RETRY, _half_jitter))
+                retry += 1
+                continue
+            self._down_since = None
+            self._outage.ok()
+            return result
+
+    # Statements that give the same whether tried once or again (reads, and writes whose
+    # second try changes nothing more), tried until they get through.
+
+    async def _execute(self, query: str, *args: object) -> str:
+        return await self._patiently(lambda _retry: self._pool.execute(query, *args))
+
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        return await self._patiently(lambda _retry: self._pool.fetch(query, *args))
+
+    async def _fetchval(self, query: str, *args: object) -> Any:
+        return await self._patiently(lambda _retry: self._pool.fetchval(query, *args))
 
     async def prepare(self) -> None:
         """Create the table if need be; jobs a finished worker left behind (timed out, or
         their download failed) are put back to be polled by whoever takes them."""
-        async with self._pool.acquire() as connection:
-            await create_schema(connection)
-        await self._pool.execute(
+
+        async def schema(_retry: int) -> None:
+            async with self._pool.acquire() as connection:
+                await create_schema(connection)
+
+        await self._patiently(schema)
+        await self._execute(
             "UPDATE aio88_batch_jobs j SET state = 'submitted', owner = NULL, "  # noqa: S608
             "timed_out = false, updated_at = now() "
             "WHERE (state = 'download_failed' OR (state = 'submitted' AND timed_out)) "
@@ -148,7 +242,7 @@ class PostgresLedger:
     async def add_new(self, jobs: list[Job]) -> int:
         """Record the jobs not yet known as ``pending`` (workers started together each
         import the same file: a key already there is left alone)."""
-        status = await self._pool.execute(
+        status = await self._execute(
             "INSERT INTO aio88_batch_jobs (key, line, kind, request, state) "
             "SELECT k, l, d, r, 'pending' FROM unnest($1::text[], $2::int[], $3::text[], "
             "$4::text[]) WITH ORDINALITY AS t(k, l, d, r, n) ORDER BY n "
@@ -166,7 +260,7 @@ class PostgresLedger:
 
     async def replace_request(self, job: Job) -> None:
         """Take a job's new request (only while it is ``pending``)."""
-        await self._pool.execute(
+        await self._execute(
             "UPDATE aio88_batch_jobs SET request = $1, kind = $2, line = $3, updated_at = now() "
             "WHERE key = $4 AND state = 'pending'",
             json.dumps(job.request),
@@ -180,11 +274,9 @@ class PostgresLedger:
         wanted = [JobState(state).value for state in states]
         query = f"SELECT {_COLUMNS} FROM aio88_batch_jobs"  # noqa: S608
         if wanted:
-            rows = await self._pool.fetch(
-                query + " WHERE state = ANY($1::text[]) ORDER BY line", wanted
-            )
+            rows = await self._fetch(query + " WHERE state = ANY($1::text[]) ORDER BY line", wanted)
         else:
-            rows = await self._pool.fetch(query + " ORDER BY line")
+            rows = await self._fetch(query + " ORDER BY line")
         return [_job(row) for row in rows]
 
     async def set_state(
@@ -210,45 +302,48 @@ class PostgresLedger:
             # A step of the job's worker: the row count says whether it still owns it.
             guard, check = "owner = $9", self.worker
             keep = "owner = CASE WHEN $2 = 'pending' THEN NULL ELSE owner END"
+            # A try again after a lost answer: the first may have put it back to nobody.
+            again = f"({guard} OR ($2 = 'pending' AND state = 'pending' AND owner IS NULL))"
         else:
             # A change to a job nobody works on: to nobody (and taken over, if submitted).
             guard, check = "state = $9", JobState(was).value
             keep = "owner = NULL, timed_out = false"
-        status = await self._pool.execute(
-            "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "  # noqa: S608
-            "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
-            "sha256 = COALESCE($7, sha256), updated_at = now(), "
-            "sending_since = COALESCE(sending_since, $8), "
-            f"sending_last = COALESCE($8, sending_last), {keep} WHERE key = $1 AND {guard}",
-            key,
-            state.value,
-            task_id,
-            error,
-            path,
-            size,
-            sha256,
-            sending,
-            check,
-        )
-        return _count(status) == 1
+            again = "state IN ($9, $2)"  # the first try may have moved it already
+
+        async def update(retry: int) -> str:
+            return await self._pool.execute(
+                "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "  # noqa: S608
+                "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
+                "sha256 = COALESCE($7, sha256), updated_at = now(), "
+                "sending_since = COALESCE(sending_since, $8), "
+                f"sending_last = COALESCE($8, sending_last), {keep} "
+                f"WHERE key = $1 AND {again if retry else guard}",
+                key,
+                state.value,
+                task_id,
+                error,
+                path,
+                size,
+                sha256,
+                sending,
+                check,
+            )
+
+        return _count(await self._patiently(update)) == 1
 
     async def task_ids(self) -> set[str]:
         """Every task id the batch knows."""
-        rows = await self._pool.fetch(
-            "SELECT task_id FROM aio88_batch_jobs WHERE task_id IS NOT NULL"
-        )
+        rows = await self._fetch("SELECT task_id FROM aio88_batch_jobs WHERE task_id IS NOT NULL")
         return {str(row[0]) for row in rows}
 
     async def key_of_task(self, task_id: str) -> str | None:
         """The job that created ``task_id``."""
-        key = await self._pool.fetchval(
-            "SELECT key FROM aio88_batch_jobs WHERE task_id = $1", task_id
-        )
+        key = await self._fetchval("SELECT key FROM aio88_batch_jobs WHERE task_id = $1", task_id)
         return None if key is None else str(key)
 
     async def counts(self) -> Counter[str]:
         """How many jobs of the batch are in each state."""
-        rows = await self._pool.fetch("SELECT state, count(*) FROM aio88_batch_jobs GROUP BY state")
+        rows = await self._fetch("SELECT state, count(*) FROM aio88_batch_jobs GROUP BY state")
         return Counter({str(row[0]): int(row[1]) for row in rows})
 
     async def close(self) -> None:
@@ -257,24 +352,40 @@ class PostgresLedger:
     # -- SharedLedger -----------------------------------------------------------------------
 
     async def claim(self, skip: set[str]) -> Job | None:
-        """A ``pending`` job, committed ``submitting`` and owned by this worker."""
-        row = await self._pool.fetchrow(
-            "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "  # noqa: S608
-            "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
-            "sending_last = $3 "
-            "WHERE key = (SELECT key FROM aio88_batch_jobs WHERE state = 'pending' "
-            "AND NOT (key = ANY($2::text[])) ORDER BY line LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {_COLUMNS}",
-            self.worker,
-            sorted(skip),
-            time.time(),
-        )
+        """A ``pending`` job, committed ``submitting`` and owned by this worker; ``skip``
+        holds every job this worker claimed and has not settled."""
+
+        async def take(retry: int) -> asyncpg.Record | None:
+            if retry:
+                # The last try's claim may have been committed, its answer lost: a job of
+                # this worker's left ``submitting`` that none of its creates holds goes
+                # back to ``pending``, for anyone to claim.
+                await self._pool.execute(
+                    "UPDATE aio88_batch_jobs SET state = 'pending', owner = NULL, "
+                    "updated_at = now() WHERE owner = $1 AND state = 'submitting' "
+                    "AND NOT (key = ANY($2::text[]))",
+                    self.worker,
+                    sorted(skip),
+                )
+            return await self._pool.fetchrow(
+                "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "  # noqa: S608
+                "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
+                "sending_last = $3 "
+                "WHERE key = (SELECT key FROM aio88_batch_jobs WHERE state = 'pending' "
+                "AND NOT (key = ANY($2::text[])) ORDER BY line LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_COLUMNS}",
+                self.worker,
+                sorted(skip),
+                time.time(),
+            )
+
+        row = await self._patiently(take)
         return None if row is None else _job(row)
 
     async def reclaim(self, key: str) -> bool:
         """``key`` ``submitting`` for the try about to be written, if nobody took it
         meanwhile (see :meth:`aio88._ledger.SharedLedger.reclaim`)."""
-        status = await self._pool.execute(
+        status = await self._execute(
             "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "
             "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
             "sending_last = $3 WHERE key = $2 AND (state = 'pending' "
@@ -285,22 +396,31 @@ class PostgresLedger:
         )
         return _count(status) == 1
 
-    async def take_over(self) -> list[Job]:
-        """Dead (or no) workers' ``submitted`` jobs, now this worker's to poll."""
-        rows = await self._pool.fetch(
-            "UPDATE aio88_batch_jobs SET owner = $1, updated_at = now() "  # noqa: S608
-            "WHERE key IN (SELECT key FROM aio88_batch_jobs j WHERE state = 'submitted' "
-            "AND NOT timed_out AND (owner IS NULL OR (owner <> $1 AND NOT "
-            f"{_ALIVE.format(owner='j.owner')})) FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {_COLUMNS}",
-            self.worker,
-        )
+    async def take_over(self, mine: set[str]) -> list[Job]:
+        """Dead (or no) workers' ``submitted`` jobs, now this worker's to poll (``mine``:
+        the jobs it has already, see the protocol)."""
+
+        async def take(retry: int) -> list[asyncpg.Record]:
+            # A try again after a lost answer: the first may have taken jobs already,
+            # which are this worker's now, and not yet among ``mine``.
+            also = "OR (owner = $1 AND NOT (key = ANY($2::text[])))" if retry else ""
+            return await self._pool.fetch(
+                "UPDATE aio88_batch_jobs SET owner = $1, updated_at = now() "  # noqa: S608
+                "WHERE key IN (SELECT key FROM aio88_batch_jobs j WHERE state = 'submitted' "
+                "AND NOT timed_out AND (owner IS NULL OR (owner <> $1 AND NOT "
+                f"{_ALIVE.format(owner='j.owner')}) {also}) FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_COLUMNS}",
+                self.worker,
+                *([sorted(mine)] if retry else []),
+            )
+
+        rows = await self._patiently(take)
         return sorted((_job(row) for row in rows), key=lambda job: job.line)
 
     async def bury(self) -> int:
         """Dead workers' creates in flight become ``unconfirmed`` (and nobody's: should
         the worker come back with its answer, it finds the job no longer its own)."""
-        status = await self._pool.execute(
+        status = await self._execute(
             "UPDATE aio88_batch_jobs j SET state = 'unconfirmed', updated_at = now(), "  # noqa: S608
             "owner = NULL, error = 'its worker (' || coalesce(owner, '?') || ') was silent "
             "for over " + str(FLEET_BATCH_DEAD_LEASES) + " leases while the create was in "
@@ -313,7 +433,7 @@ class PostgresLedger:
 
     async def timed_out(self, key: str) -> None:
         """Nobody takes ``key`` over in this batch run (a later worker polls it again)."""
-        await self._pool.execute(
+        await self._execute(
             "UPDATE aio88_batch_jobs SET timed_out = true WHERE key = $1 AND owner = $2",
             key,
             self.worker,
@@ -321,7 +441,7 @@ class PostgresLedger:
 
     async def holds(self, key: str) -> bool:
         """Whether this worker still owns ``key``'s ``submitted`` job."""
-        found = await self._pool.fetchval(
+        found = await self._fetchval(
             "SELECT 1 FROM aio88_batch_jobs WHERE key = $1 AND owner = $2 AND state = 'submitted'",
             key,
             self.worker,
@@ -330,7 +450,7 @@ class PostgresLedger:
 
     async def open_elsewhere(self, skip: set[str]) -> int:
         """Jobs that may still need this worker (see the protocol)."""
-        found = await self._pool.fetchval(
+        found = await self._fetchval(
             "SELECT count(*) FROM aio88_batch_jobs WHERE "
             "(state = 'pending' AND NOT (key = ANY($2::text[]))) OR state = 'submitting' "
             "OR (state = 'submitted' AND NOT timed_out AND owner IS DISTINCT FROM $1)",
@@ -341,7 +461,7 @@ class PostgresLedger:
 
     async def pending_left(self, skip: set[str]) -> int:
         """``pending`` jobs, not among ``skip``."""
-        found = await self._pool.fetchval(
+        found = await self._fetchval(
             "SELECT count(*) FROM aio88_batch_jobs WHERE state = 'pending' "
             "AND NOT (key = ANY($1::text[]))",
             sorted(skip),
@@ -360,7 +480,9 @@ async def open_batch(dsn: str, *, lease: float) -> AsyncIterator[PostgresLedger]
     async with Fleet(dsn, lease=lease) as fleet:
         # Its own pool: the fleet's connections are its own business. A few connections
         # for creates' claims, the tending loop and the results.
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=FLEET_CONNECT_TIMEOUT)
+        # min_size=0, as the fleet's: no floor for asyncpg to restore, with a traceback a
+        # second, while the database is out of reach.
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=FLEET_CONNECT_TIMEOUT)
         try:
             ledger = PostgresLedger(pool, worker=fleet.process_id, where=fleet.where, fleet=fleet)
             await ledger.prepare()

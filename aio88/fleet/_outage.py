@@ -20,6 +20,7 @@ class OutageLog:
 
     Args:
         log: Where the lines go.
+        retrying: How it is retried, as the first line says it.
         every: Seconds between the "still failing" lines.
         clock: Monotonic seconds (a manual clock in tests).
     """
@@ -28,10 +29,12 @@ class OutageLog:
         self,
         log: logging.Logger,
         *,
+        retrying: str = "on each heartbeat",
         every: float = FLEET_OUTAGE_LOG_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
+        self._retrying = retrying
         self._every = every
         self._clock = clock
         self._since: float | None = None  # when the outage began (None: no outage)
@@ -55,9 +58,10 @@ class OutageLog:
             self._since = self._last_line = now
             self._unlogged = 0
             self._log.warning(
-                "aio88 fleet: the database failed (%s); retrying on each heartbeat "
+                "aio88 fleet: the database failed (%s); retrying %s "
                 "(at most one line per %.0f s until it is back)",
                 reason,
+                self._retrying,
                 self._every,
             )
         elif now - self._last_line >= self._every:
