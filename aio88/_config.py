@@ -60,6 +60,7 @@ __all__ = [
     "FLEET_BATCH_TEND",
     "FLEET_BATCH_DEAD_LEASES",
     "FLEET_BATCH_PATIENCE",
+    "FLEET_STATEMENT_TIMEOUT",
     "INTERRUPT_GRACE",
     "MAX_REDIRECTS",
     "MESSAGE_EXCERPT_LIMIT",
@@ -202,6 +203,10 @@ FLEET_BATCH_DEAD_LEASES = 2
 #: network) before it stops (seconds). Meanwhile its polls go on; what it has to record
 #: waits, and is recorded once the database answers again.
 FLEET_BATCH_PATIENCE = 300.0
+#: The longest a batch worker waits for one statement's answer before it counts as failed
+#: (and is tried again, see FLEET_BATCH_PATIENCE): a network that drops packets must not
+#: hold a statement for the kernel's TCP timeout (about 15 minutes).
+FLEET_STATEMENT_TIMEOUT = 15.0
 #: Most downloads streaming at once across one client unless told otherwise.
 DEFAULT_DOWNLOAD_CONCURRENCY = 8
 #: Most downloads one ``watch(download_dir=...)`` runs at once unless told otherwise

@@ -47,9 +47,11 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "DownloadError",
+    "FleetError",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateBudgetUnavailableError",
     "RateLimitError",
     "TaskFailedError",
     "UnprocessableEntityError",
@@ -208,6 +210,19 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """The request did not complete within the configured timeout."""
+
+
+class RateBudgetUnavailableError(APIConnectionError):
+    """A shared rate budget (a fleet's, kept in its database) could not hand out a token:
+    the request was not sent (``request_sent`` is ``False``)."""
+
+
+class FleetError(Aio88Error):
+    """The fleet's database cannot be reached or used (its message names the host and
+    port, never a password), or the fleet is used before :meth:`Fleet.start`.
+
+    Defined here, not in :mod:`aio88.fleet` (which needs asyncpg), so that code which
+    works with any ledger can tell it apart; ``aio88.fleet.FleetError`` is this class."""
 
 
 class APIResponseValidationError(APIError):

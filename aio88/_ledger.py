@@ -401,11 +401,14 @@ class SharedLedger(LedgerStore, Protocol):
         sent."""
         ...
 
-    async def take_over(self, mine: set[str]) -> list[Job]:
+    async def take_over(self) -> list[Job]:
         """The ``submitted`` jobs of dead workers (and of none), now owned by this worker
-        to poll and download (a job left by a ``--timeout`` is not taken). ``mine``: the
-        keys of every job this worker claimed or took over so far; should a try's answer
-        be lost, the next also returns this worker's ``submitted`` jobs not among them."""
+        to poll and download (a job left by a ``--timeout`` is not taken)."""
+        ...
+
+    def stop_waiting(self) -> None:
+        """The run is being interrupted: from now on a statement the database does not
+        answer fails at once instead of being waited for."""
         ...
 
     async def bury(self) -> int:

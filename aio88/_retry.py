@@ -21,6 +21,7 @@ from ._congestion import Congestion
 __all__ = [
     "AdaptiveRate",
     "backoff_delay",
+    "half_jitter",
     "is_retryable_status",
     "parse_retry_after",
     "retry_delay",
@@ -89,6 +90,12 @@ def backoff_delay(
     """
     ceiling = min(policy.backoff_max, policy.backoff_initial * (2.0**attempt))
     return ceiling * rand()
+
+
+def half_jitter() -> float:
+    """A ``rand`` for :func:`backoff_delay` that never draws below half the ceiling: for a
+    loop that waits for a server to come back, which must not spin at ~0 s."""
+    return random.uniform(0.5, 1.0)
 
 
 def should_retry(

@@ -19,17 +19,25 @@ import anyio
 
 from .._billing import create_fate
 from .._client import Client
-from .._config import CREATE_RESENDS, FLEET_BATCH_TEND, SETUP_PROBES, RetryPolicy
+from .._config import (
+    CREATE_RESENDS,
+    FLEET_BATCH_PATIENCE,
+    FLEET_BATCH_TEND,
+    SETUP_PROBES,
+    RetryPolicy,
+)
 from .._errors import (
     Aio88Error,
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
+    FleetError,
     PermissionDeniedError,
+    RateBudgetUnavailableError,
 )
 from .._ledger import Job, LedgerStore, SharedLedger
 from .._models import GenerationTask, Video
-from .._retry import backoff_delay
+from .._retry import backoff_delay, half_jitter
 from .._sending import SendMark, marking
 from ..testing._arguments import UsageError
 from ._jobs import create_job
@@ -148,8 +156,7 @@ class Creates:
         # then leaves them to be sent, not unconfirmed): claimed again here, they would
         # have two creates in one worker. Another worker may take them; the waiting try
         # then finds them gone (reclaim) and sends nothing. Every job it claimed and has
-        # not settled is named, so that a claim tried again after a lost answer puts back
-        # only the job that answer claimed (PostgresLedger.claim).
+        # not settled is named (one claim loop per worker: run_claimed).
         return self.left_pending | self._claimed
 
     def _stopped(self) -> bool:
@@ -176,8 +183,11 @@ class Creates:
                 scope.cancel()
 
     def stop_now(self) -> None:
-        """Call off every create at once (a sent one becomes ``unconfirmed``)."""
+        """Call off every create at once (a sent one becomes ``unconfirmed``); a shared
+        ledger whose database is out of reach is no longer waited for."""
         self.stopping = True
+        if self._shared is not None:
+            self._shared.stop_waiting()
         for scope, _ in self._in_flight.values():
             scope.cancel()
 
@@ -207,8 +217,9 @@ class Creates:
                 self._claimed.discard(job.key)
 
     async def _before_write(self, job: Job) -> None:
-        if self.stopping:
-            # A retry or redirect of a create after Ctrl-C: nothing of it goes out.
+        if self.stopping or job.key in self._lost:
+            # A retry or redirect of a create after Ctrl-C, or of a job another worker
+            # has now: nothing of it goes out.
             raise _CalledOff
         if self._shared is not None:
             if not await self._shared.reclaim(job.key):
@@ -229,9 +240,11 @@ class Creates:
                     return
                 try:
                     with marking(mark):
-                        task = await create_job(self._client, job)
+                        task = await self._create_when_budgeted(job)
                 except _CalledOff:
                     return
+                except FleetError:
+                    raise  # the batch's database is gone: the worker stops
                 except (AuthenticationError, PermissionDeniedError) as exc:
                     await self._end_run(job, exc)  # refused: nothing billed
                     return
@@ -263,6 +276,27 @@ class Creates:
             self._printer.detail("created", key=job.key, id=task.id)
             self._on_created(job, task)
             return
+
+    async def _create_when_budgeted(self, job: Job) -> GenerationTask | Video:
+        """The job's create; while a fleet's rate budget cannot hand out a token (its
+        database out of reach: nothing was sent), waited for as the shared ledger waits
+        for its database, not counted as a failed try."""
+        waits = 0
+        since = anyio.current_time()
+        while True:
+            try:
+                return await create_job(self._client, job)
+            except RateBudgetUnavailableError as exc:  # noqa: PERF203 - a wait, not a hot loop
+                if self.stopping:
+                    raise _CalledOff from None
+                if anyio.current_time() - since >= FLEET_BATCH_PATIENCE:
+                    raise FleetError(
+                        f"the fleet's rate budget has been out of reach for "
+                        f"{FLEET_BATCH_PATIENCE:.0f} s ({exc}); this worker stops. Its jobs "
+                        "stay as they are; rerun it once the database is back"
+                    ) from None
+                await anyio.sleep(backoff_delay(waits, self._backoff, half_jitter))
+                waits += 1
 
     def _fatal(self, error: Exception, mark: SendMark) -> Exception | None:
         """The error that ends the run, if ``error`` says every create would fail alike.

@@ -326,13 +326,10 @@ async def _run_jobs(
             shared=shared,
         )
 
-        mine: set[str] = set()  # the jobs this worker claimed or took over (a shared batch)
-
         async def claim(skip: set[str]) -> Job | None:
             assert shared is not None
             job = await shared.claim(skip)
             if job is not None:
-                mine.add(job.key)
                 tally.total += 1
                 outcomes.expect(1)  # its task (or its forget(), if it is given up)
             return job
@@ -345,9 +342,8 @@ async def _run_jobs(
                 buried = await shared.bury()
                 if buried:
                     printer.detail("unconfirmed", jobs=buried, error="their worker died")
-                for job in await shared.take_over(mine):
+                for job in await shared.take_over():
                     assert job.task_id is not None
-                    mine.add(job.key)
                     tally.total += 1
                     outcomes.expect(1)  # so that the add below cannot take a create's place
                     outcomes.add([job.task_id], kind=job.kind)

@@ -19,11 +19,14 @@ worker imports the jobs file (idempotently, by key), then:
   being polled by another worker.
 
 While the database is out of reach (a restart, a fail-over, the network), every statement
-is tried again with backoff, for ``FLEET_BATCH_PATIENCE`` seconds; then the worker stops
-with a :class:`~aio88.fleet.FleetError`, its jobs left as they are (the others take them
-over once it is dead). A statement whose answer was lost may have been committed: each is
-written so that trying it again gives what the first try would have (a claim whose answer
-was lost is put back; a job taken over is returned by the next try).
+is tried again with backoff, each for up to ``FLEET_BATCH_PATIENCE`` seconds (and none
+waits longer than ``FLEET_STATEMENT_TIMEOUT`` for an answer); then the worker stops with a
+:class:`~aio88.fleet.FleetError`, its jobs left as they are (the others take them over
+once it is dead). A statement whose answer was lost may have been committed: every write
+stamps the rows it changes with a token of its own (``op``), so that its next try knows
+them (a claim returns the job it took, a take-over the jobs it took, a state change counts
+as made). Once the database is back, a worker takes nobody's jobs for two leases: the
+others' heartbeats were failing too, and must have time to come back.
 
 Implements :class:`aio88._ledger.SharedLedger`.
 """
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,17 +49,20 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._config import (
+    DEFAULT_LEASE,
     FLEET_BATCH_DEAD_LEASES,
     FLEET_BATCH_PATIENCE,
+    FLEET_CLOSE_TIMEOUT,
     FLEET_CONNECT_TIMEOUT,
     FLEET_RECONNECT_MAX,
     FLEET_RECONNECT_MIN,
+    FLEET_STATEMENT_TIMEOUT,
     RetryPolicy,
 )
 from .._ledger import Job, JobState, edited_jobs
-from .._retry import backoff_delay
+from .._retry import backoff_delay, half_jitter
 from . import Fleet
-from ._errors import UNREACHABLE, FleetError
+from ._errors import DB_ERRORS, UNREACHABLE, FleetError
 from ._outage import OutageLog
 
 __all__ = ["BatchWorker", "PostgresLedger", "batch_status", "open_batch"]
@@ -84,8 +91,10 @@ CREATE TABLE IF NOT EXISTS aio88_batch_jobs (
     timed_out boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now(),
     sending_since double precision,
-    sending_last double precision
+    sending_last double precision,
+    op text
 );
+ALTER TABLE aio88_batch_jobs ADD COLUMN IF NOT EXISTS op text;
 CREATE INDEX IF NOT EXISTS aio88_batch_jobs_state ON aio88_batch_jobs (state, line);
 CREATE INDEX IF NOT EXISTS aio88_batch_jobs_task ON aio88_batch_jobs (task_id);
 """
@@ -125,9 +134,9 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
-def _half_jitter() -> float:
-    # Never less than half the ceiling: a retry loop must not spin at ~0 s.
-    return random.uniform(0.5, 1.0)
+def _token() -> str:
+    """A write's own ``op`` stamp (see the module's text)."""
+    return secrets.token_hex(8)
 
 
 def _count(status: str) -> int:
@@ -151,8 +160,10 @@ class PostgresLedger:
         worker: This worker's id: its fleet process id.
         where: ``host:port`` of the database, for messages.
         fleet: The worker's fleet.
-        patience: Seconds to wait for the database while it is out of reach, before
-            :class:`~aio88.fleet.FleetError`.
+        lease: The worker's lease (seconds): others count it dead after
+            ``FLEET_BATCH_DEAD_LEASES`` of them without a heartbeat.
+        patience: Seconds one statement waits for the database while it is out of reach,
+            before :class:`~aio88.fleet.FleetError`.
         clock: Monotonic seconds.
     """
 
@@ -163,6 +174,7 @@ class PostgresLedger:
         worker: str,
         where: str,
         fleet: Fleet | None = None,
+        lease: float = DEFAULT_LEASE,
         patience: float = FLEET_BATCH_PATIENCE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -173,16 +185,27 @@ class PostgresLedger:
         """The worker's fleet: its client's rate budget and task leases are the fleet's."""
         self._patience = patience
         self._clock = clock
-        self._outage = OutageLog(log, retrying=f"for up to {patience:.0f} s")
-        self._down_since: float | None = None  # when statements began to fail
+        self._quiet_for = lease * FLEET_BATCH_DEAD_LEASES
+        self._outage = OutageLog(
+            log, what="the batch's database", retrying=f"for up to {patience:.0f} s"
+        )
+        self._back_at = -math.inf  # when the database last came back after failing
         self._gone: FleetError | None = None  # out of reach for too long: the worker stops
+        self._waiting = True
+
+    def stop_waiting(self) -> None:
+        """From now on a statement the database does not answer fails at once, with
+        :class:`~aio88.fleet.FleetError`, instead of waiting for it (the run is being
+        interrupted: its jobs are left as a crash would leave them)."""
+        self._waiting = False
 
     async def _patiently(self, statement: Callable[[int], Awaitable[_T]]) -> _T:
         """``statement(retry)`` (``retry`` 0, then 1, 2... after failures) until it gets
-        through. While the database is out of reach, tried again with backoff; once it has
-        been for ``patience`` seconds, :class:`~aio88.fleet.FleetError`, and every later
-        call fails at once (the worker stops; its jobs stay as they are)."""
+        through. While the database is out of reach, tried again with backoff; once this
+        statement has waited ``patience`` seconds, :class:`~aio88.fleet.FleetError`, and
+        every later call fails at once (the worker stops; its jobs stay as they are)."""
         retry = 0
+        failing_since = None
         while True:
             if self._gone is not None:
                 raise self._gone
@@ -191,23 +214,29 @@ class PostgresLedger:
             except UNREACHABLE as exc:
                 self._outage.failed(exc)
                 now = self._clock()
-                if self._down_since is None:
-                    self._down_since = now
-                elif now - self._down_since >= self._patience:
+                if failing_since is None:
+                    failing_since = now
+                if not self._waiting or now - failing_since >= self._patience:
+                    waited = f"for {now - failing_since:.0f} s " if self._waiting else ""
                     self._gone = FleetError(
-                        f"the batch's database ({self.where}) has been out of reach for "
-                        f"{now - self._down_since:.0f} s (the last failure: "
-                        f"{type(exc).__name__}: {exc}); this worker stops. Its jobs stay as "
-                        "they are; rerun it (or let the other workers take them over) once "
-                        "the database is back"
+                        f"the batch's database ({self.where}) has been out of reach "
+                        f"{waited}(the last failure: {type(exc).__name__}: {exc}); this "
+                        "worker stops. Its jobs stay as they are; rerun it (or let the "
+                        "other workers take them over) once the database is back"
                     )
                     raise self._gone from None
-                await anyio.sleep(backoff_delay(retry, _RETRY, _half_jitter))
+                await anyio.sleep(backoff_delay(retry, _RETRY, half_jitter))
                 retry += 1
                 continue
-            self._down_since = None
+            if self._outage.down:
+                self._back_at = self._clock()
             self._outage.ok()
             return result
+
+    def _just_back(self) -> bool:
+        """Whether the database came back less than two leases ago: every worker's
+        heartbeat failed meanwhile, so none may be taken for dead yet."""
+        return self._clock() - self._back_at < self._quiet_for
 
     # Statements that give the same whether tried once or again (reads, and writes whose
     # second try changes nothing more), tried until they get through.
@@ -302,22 +331,28 @@ class PostgresLedger:
             # A step of the job's worker: the row count says whether it still owns it.
             guard, check = "owner = $9", self.worker
             keep = "owner = CASE WHEN $2 = 'pending' THEN NULL ELSE owner END"
-            # A try again after a lost answer: the first may have put it back to nobody.
-            again = f"({guard} OR ($2 = 'pending' AND state = 'pending' AND owner IS NULL))"
         else:
             # A change to a job nobody works on: to nobody (and taken over, if submitted).
-            guard, check = "state = $9", JobState(was).value
+            # Only if nobody changed it since it was read here (its stamp): a try again
+            # after a lost answer must not undo what another worker did meanwhile, even
+            # if that left the job in ``was`` again.
+            seen = await self._fetchval("SELECT op FROM aio88_batch_jobs WHERE key = $1", key)
+            guard, check = "state = $9 AND op IS NOT DISTINCT FROM $11", JobState(was).value
             keep = "owner = NULL, timed_out = false"
-            again = "state IN ($9, $2)"  # the first try may have moved it already
+        op = _token()
 
         async def update(retry: int) -> str:
+            # A try again after a lost answer: the first may have made the change (the
+            # row then bears its stamp, unless another worker changed it since).
+            where = f"({guard} OR op = $10)" if retry else guard
+            extra = [] if was is None else [seen]
             return await self._pool.execute(
                 "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "  # noqa: S608
                 "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
                 "sha256 = COALESCE($7, sha256), updated_at = now(), "
                 "sending_since = COALESCE(sending_since, $8), "
-                f"sending_last = COALESCE($8, sending_last), {keep} "
-                f"WHERE key = $1 AND {again if retry else guard}",
+                f"sending_last = COALESCE($8, sending_last), op = $10, {keep} "
+                f"WHERE key = $1 AND {where}",
                 key,
                 state.value,
                 task_id,
@@ -327,6 +362,8 @@ class PostgresLedger:
                 sha256,
                 sending,
                 check,
+                op,
+                *extra,
             )
 
         return _count(await self._patiently(update)) == 1
@@ -352,31 +389,31 @@ class PostgresLedger:
     # -- SharedLedger -----------------------------------------------------------------------
 
     async def claim(self, skip: set[str]) -> Job | None:
-        """A ``pending`` job, committed ``submitting`` and owned by this worker; ``skip``
-        holds every job this worker claimed and has not settled."""
+        """A ``pending`` job, committed ``submitting`` and owned by this worker."""
+        op = _token()
 
         async def take(retry: int) -> asyncpg.Record | None:
             if retry:
-                # The last try's claim may have been committed, its answer lost: a job of
-                # this worker's left ``submitting`` that none of its creates holds goes
-                # back to ``pending``, for anyone to claim.
-                await self._pool.execute(
-                    "UPDATE aio88_batch_jobs SET state = 'pending', owner = NULL, "
-                    "updated_at = now() WHERE owner = $1 AND state = 'submitting' "
-                    "AND NOT (key = ANY($2::text[]))",
+                # The last try may have claimed a job, its answer lost: that job bears
+                # this claim's stamp (and is this worker's, to create now).
+                row: asyncpg.Record | None = await self._pool.fetchrow(
+                    f"SELECT {_COLUMNS} FROM aio88_batch_jobs WHERE op = $1 AND owner = $2",  # noqa: S608
+                    op,
                     self.worker,
-                    sorted(skip),
                 )
+                if row is not None:
+                    return row
             return await self._pool.fetchrow(
                 "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "  # noqa: S608
                 "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
-                "sending_last = $3 "
+                "sending_last = $3, op = $4 "
                 "WHERE key = (SELECT key FROM aio88_batch_jobs WHERE state = 'pending' "
                 "AND NOT (key = ANY($2::text[])) ORDER BY line LIMIT 1 FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {_COLUMNS}",
                 self.worker,
                 sorted(skip),
                 time.time(),
+                op,
             )
 
         row = await self._patiently(take)
@@ -396,22 +433,24 @@ class PostgresLedger:
         )
         return _count(status) == 1
 
-    async def take_over(self, mine: set[str]) -> list[Job]:
-        """Dead (or no) workers' ``submitted`` jobs, now this worker's to poll (``mine``:
-        the jobs it has already, see the protocol)."""
+    async def take_over(self) -> list[Job]:
+        """Dead (or no) workers' ``submitted`` jobs, now this worker's to poll (none while
+        the database is just back, see :meth:`_just_back`)."""
+        if self._just_back():
+            return []
+        op = _token()
 
         async def take(retry: int) -> list[asyncpg.Record]:
-            # A try again after a lost answer: the first may have taken jobs already,
-            # which are this worker's now, and not yet among ``mine``.
-            also = "OR (owner = $1 AND NOT (key = ANY($2::text[])))" if retry else ""
+            # A try again after a lost answer: the jobs the first took bear its stamp.
+            also = "OR j.op = $2" if retry else ""
             return await self._pool.fetch(
-                "UPDATE aio88_batch_jobs SET owner = $1, updated_at = now() "  # noqa: S608
-                "WHERE key IN (SELECT key FROM aio88_batch_jobs j WHERE state = 'submitted' "
+                "UPDATE aio88_batch_jobs SET owner = $1, updated_at = now(), op = $2 "  # noqa: S608
+                "WHERE key IN (SELECT key FROM aio88_batch_jobs j WHERE (state = 'submitted' "
                 "AND NOT timed_out AND (owner IS NULL OR (owner <> $1 AND NOT "
-                f"{_ALIVE.format(owner='j.owner')}) {also}) FOR UPDATE SKIP LOCKED) "
+                f"{_ALIVE.format(owner='j.owner')}))) {also} FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {_COLUMNS}",
                 self.worker,
-                *([sorted(mine)] if retry else []),
+                op,
             )
 
         rows = await self._patiently(take)
@@ -419,7 +458,10 @@ class PostgresLedger:
 
     async def bury(self) -> int:
         """Dead workers' creates in flight become ``unconfirmed`` (and nobody's: should
-        the worker come back with its answer, it finds the job no longer its own)."""
+        the worker come back with its answer, it finds the job no longer its own). None
+        while the database is just back (see :meth:`_just_back`)."""
+        if self._just_back():
+            return 0
         status = await self._execute(
             "UPDATE aio88_batch_jobs j SET state = 'unconfirmed', updated_at = now(), "  # noqa: S608
             "owner = NULL, error = 'its worker (' || coalesce(owner, '?') || ') was silent "
@@ -479,16 +521,29 @@ async def open_batch(dsn: str, *, lease: float) -> AsyncIterator[PostgresLedger]
     """
     async with Fleet(dsn, lease=lease) as fleet:
         # Its own pool: the fleet's connections are its own business. A few connections
-        # for creates' claims, the tending loop and the results.
-        # min_size=0, as the fleet's: no floor for asyncpg to restore, with a traceback a
-        # second, while the database is out of reach.
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=FLEET_CONNECT_TIMEOUT)
+        # for creates' claims, the tending loop and the results. min_size=0, as the
+        # fleet's: no floor for asyncpg to restore (with a traceback a second) while the
+        # database is out of reach. command_timeout: a network that drops packets makes a
+        # statement fail (and be tried again), not hang for the kernel's TCP timeout.
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=4,
+            timeout=FLEET_CONNECT_TIMEOUT,
+            command_timeout=FLEET_STATEMENT_TIMEOUT,
+        )
         try:
-            ledger = PostgresLedger(pool, worker=fleet.process_id, where=fleet.where, fleet=fleet)
+            ledger = PostgresLedger(
+                pool, worker=fleet.process_id, where=fleet.where, fleet=fleet, lease=lease
+            )
             await ledger.prepare()
             yield ledger
         finally:
-            await pool.close()
+            try:
+                with anyio.fail_after(FLEET_CLOSE_TIMEOUT):
+                    await pool.close()
+            except (*DB_ERRORS, TimeoutError):
+                pool.terminate()  # the database out of reach: cut, not waited for
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The fleet's exception (in a module of its own: every part of the fleet raises it)."""
+"""The fleet's exception (defined in :mod:`aio88._errors`) and which database failures
+mean what."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from .._errors import Aio88Error
+from .._errors import FleetError
 
 __all__ = ["DB_ERRORS", "UNREACHABLE", "FleetError"]
 
@@ -23,9 +24,11 @@ DB_ERRORS = (
 
 #: The failures that say the database is out of reach for now, not that a statement is
 #: wrong: a connection refused, lost or timed out; the server starting, shutting down,
-#: cancelling statements or out of connections; the database not taking connections; and
-#: asyncpg's "another operation is in progress" on a pooled connection whose session the
-#: server cut while it sat idle (asyncpg >= 0.29 after ``pg_terminate_backend``).
+#: cancelling statements or out of connections; the database not taking connections or
+#: read-only (a fail-over in progress); a transaction rolled back for a conflict
+#: (serialization, deadlock); and asyncpg's "another operation is in progress" on a pooled
+#: connection whose session the server cut while it sat idle (after
+#: ``pg_terminate_backend``).
 UNREACHABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -34,9 +37,6 @@ UNREACHABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TransactionRollbackError,
 )
-
-
-class FleetError(Aio88Error):
-    """The fleet's database cannot be reached or used (its message names the host and
-    port, never a password), or the fleet is used before :meth:`Fleet.start`."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
 from .._config import FLEET_LISTEN_CHECK, FLEET_RECONNECT_MAX, FLEET_RECONNECT_MIN, RetryPolicy
-from .._retry import backoff_delay
+from .._retry import backoff_delay, half_jitter
 from ._errors import DB_ERRORS
 
 __all__ = ["Listener"]
@@ -30,11 +29,6 @@ log = logging.getLogger("aio88.fleet")
 
 #: The reconnect backoff: from FLEET_RECONNECT_MIN, doubling, at most FLEET_RECONNECT_MAX.
 _RECONNECT = RetryPolicy(backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX)
-
-
-def _half_jitter() -> float:
-    # Never less than half the ceiling: a reconnect loop must not spin at ~0 s.
-    return random.uniform(0.5, 1.0)
 
 
 #: ``handler(payload)``: called for each notification on its channel, in the event loop;
@@ -150,7 +144,7 @@ class Listener:
                     await self._open()
                     break
                 except DB_ERRORS:
-                    await asyncio.sleep(backoff_delay(tries, _RECONNECT, _half_jitter))
+                    await asyncio.sleep(backoff_delay(tries, _RECONNECT, half_jitter))
                     tries += 1
             self.reconnects += 1
             for hook in self._hooks:

@@ -20,6 +20,7 @@ class OutageLog:
 
     Args:
         log: Where the lines go.
+        what: The database, as the recovery's line names it.
         retrying: How it is retried, as the first line says it.
         every: Seconds between the "still failing" lines.
         clock: Monotonic seconds (a manual clock in tests).
@@ -29,11 +30,13 @@ class OutageLog:
         self,
         log: logging.Logger,
         *,
+        what: str = "the fleet's database",
         retrying: str = "on each heartbeat",
         every: float = FLEET_OUTAGE_LOG_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
+        self._what = what
         self._retrying = retrying
         self._every = every
         self._clock = clock
@@ -80,7 +83,8 @@ class OutageLog:
         if self._since is None:
             return
         self._log.warning(
-            "aio88 fleet: the fleet's database is back after %.0f s (%d failures)",
+            "aio88 fleet: %s is back after %.0f s (%d failures)",
+            self._what,
             self._clock() - self._since,
             self._failures,
         )

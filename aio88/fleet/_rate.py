@@ -45,7 +45,7 @@ from .._config import (
     FLEET_SUCCESS_FLUSH,
     RATE_FLOOR,
 )
-from .._errors import APIConnectionError
+from .._errors import RateBudgetUnavailableError
 from ._errors import DB_ERRORS
 
 __all__ = ["FleetRateBudget", "RateNotice", "parse_notice"]
@@ -142,8 +142,9 @@ class FleetRateBudget:
         no 429's pause is in force (also one that began while this call slept).
 
         Raises:
-            APIConnectionError: The database did not answer when a block was needed
-                (nothing was sent: a poll backs off, a create is known not made).
+            RateBudgetUnavailableError: The database did not answer when a block was
+                needed (an APIConnectionError: nothing was sent, a poll backs off, a
+                create is known not made).
         """
         self._waiting += 1
         try:
@@ -264,7 +265,7 @@ class FleetRateBudget:
         except DB_ERRORS as exc:
             # A connection error to the caller, with nothing sent: a poll backs off and
             # tries again, a create is known not to have been made (never unconfirmed).
-            raise APIConnectionError(
+            raise RateBudgetUnavailableError(
                 f"the fleet's database did not hand out a rate token: {type(exc).__name__}: {exc}",
                 request_sent=False,
             ) from exc
