@@ -433,10 +433,6 @@ class SharedLedger(LedgerStore, Protocol):
         (live, or dead and not yet taken over). Zero: this worker's part is over."""
         ...
 
-    async def pending_left(self, skip: set[str]) -> int:
-        """How many jobs are ``pending`` (not among ``skip``)."""
-        ...
-
 
 class SqliteStore:
     """:class:`LedgerStore` over the SQLite :class:`Ledger` (its calls are quick, local

@@ -282,6 +282,41 @@ async def test_a_claim_taken_before_its_create_is_written_sends_nothing(
     assert [tuple(row) for row in rows] == [("unconfirmed", None)]
 
 
+async def test_a_job_another_worker_gives_up_on_is_created_by_one_still_here(
+    postgres_dsn: str,
+) -> None:
+    """Worker A gives a job up as ``pending`` (its tries all failed, nothing sent) after
+    worker B found nothing left to claim: B's create loop is still there, claims it and
+    creates it, then ends (before, B's loop had ended, and both waited forever)."""
+    async with (
+        Emulator() as emu,
+        open_batch(postgres_dsn, lease=5) as ledger,
+        Client(api_key=emu.api_key, base_url=emu.base_url) as client,
+    ):
+        request = {"model": "sora-2", "prompt": "fox"}
+        await ledger.add_new([Job(key="job-0", line=1, kind="video", request=request)])
+        await _rows(
+            postgres_dsn, "UPDATE aio88_batch_jobs SET state = 'submitting', owner = 'a:1:x'"
+        )
+        created: list[str] = []
+        creates = Creates(
+            client,
+            ledger,
+            Printer(json_lines=True, stream=io.StringIO()),
+            on_created=lambda job, task: created.append(job.key),
+            on_given_up=lambda job, state: pytest.fail(f"{job.key} given up: {state}"),
+            concurrency=2,
+            shared=ledger,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(creates.run_claimed, ledger.claim)
+            await anyio.sleep(0.3)  # B looks, and finds only A's create in flight
+            assert not created and not creates.settled.is_set()
+            await _rows(postgres_dsn, "UPDATE aio88_batch_jobs SET state = 'pending', owner = NULL")
+            await creates.settled.wait()
+        assert created == ["job-0"] and emu.creates == 1
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(

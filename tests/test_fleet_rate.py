@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from aio88 import APIConnectionError
+from aio88._errors import RateBudgetUnavailableError
 from aio88.fleet import Fleet, FleetRateBudget
 from aio88.fleet._rate import parse_notice
 
@@ -263,7 +264,13 @@ async def test_a_database_gone_away_is_a_connection_error(postgres_dsn: str) -> 
     await fleet.aclose()
     with pytest.raises(APIConnectionError, match="rate token") as raised:
         await budget.wait_turn()
-    assert raised.value.request_sent is False
+    assert isinstance(raised.value, RateBudgetUnavailableError)
+    assert raised.value.request_sent is False and raised.value.__cause__ is not None
+    # Within the backoff that follows, the next request is refused without a new try of
+    # the database (no cause: nothing was attempted).
+    with pytest.raises(RateBudgetUnavailableError) as again:
+        await budget.wait_turn()
+    assert again.value.__cause__ is None and again.value.request_sent is False
     await budget.refresh()  # logged, not raised
     now = time.monotonic()
     budget.rate_limited(now, 0.0, now)  # nothing to tell anyone: dropped quietly

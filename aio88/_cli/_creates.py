@@ -117,14 +117,17 @@ class Creates:
 
     async def run_claimed(self, claim: Callable[[set[str]], Awaitable[Job | None]]) -> None:
         """Create the jobs of a shared ledger: claim one whenever a create slot is free
-        (the first alone until one succeeds), until no job is left ``pending``."""
+        (the first alone until one succeeds), until the batch needs this worker no more
+        (``open_elsewhere``). Not merely until no job is ``pending``: a job being created
+        elsewhere may be put back (a 429, a worker giving up on it, Ctrl-C), and must then
+        be created by a worker still here."""
         assert self._shared is not None
         shared = self._shared
         try:
             while not self._proven and not self.stopping:
                 job = await claim(self._not_to_claim())
                 if job is None:
-                    if not await shared.pending_left(self.left_pending):
+                    if not await shared.open_elsewhere(self.left_pending):
                         return
                     await anyio.sleep(FLEET_BATCH_TEND)  # held by a try of another worker
                     continue
@@ -145,7 +148,7 @@ class Creates:
                         tg.start_soon(self._create_in_slot, job)
                         continue
                     self._slots.release()
-                    if self._stopped() or not await shared.pending_left(self.left_pending):
+                    if self._stopped() or not await shared.open_elsewhere(self.left_pending):
                         break
                     await anyio.sleep(FLEET_BATCH_TEND)
         finally:

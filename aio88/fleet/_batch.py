@@ -54,24 +54,18 @@ from .._config import (
     FLEET_BATCH_PATIENCE,
     FLEET_CLOSE_TIMEOUT,
     FLEET_CONNECT_TIMEOUT,
-    FLEET_RECONNECT_MAX,
-    FLEET_RECONNECT_MIN,
     FLEET_STATEMENT_TIMEOUT,
-    RetryPolicy,
 )
 from .._ledger import Job, JobState, edited_jobs
 from .._retry import backoff_delay, half_jitter
 from . import Fleet
-from ._errors import DB_ERRORS, UNREACHABLE, FleetError
+from ._errors import DB_ERRORS, RECONNECT_BACKOFF, UNREACHABLE, FleetError
 from ._outage import OutageLog
 
 __all__ = ["BatchWorker", "PostgresLedger", "batch_status", "open_batch"]
 
 log = logging.getLogger("aio88.fleet")
 _T = TypeVar("_T")
-#: The backoff between tries of a statement while the database is out of reach.
-_RETRY = RetryPolicy(backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX)
-
 #: The advisory lock taken while the batch table is created (workers start together).
 _SCHEMA_LOCK = 0x6A10_88BA_7C40_0001
 
@@ -186,8 +180,9 @@ class PostgresLedger:
         self._patience = patience
         self._clock = clock
         self._quiet_for = lease * FLEET_BATCH_DEAD_LEASES
+        # The same database as the fleet's heartbeat, and named so in its lines.
         self._outage = OutageLog(
-            log, what="the batch's database", retrying=f"for up to {patience:.0f} s"
+            log, retrying=f"for up to {patience:.0f} s (the batch's statements)"
         )
         self._back_at = -math.inf  # when the database last came back after failing
         self._gone: FleetError | None = None  # out of reach for too long: the worker stops
@@ -225,7 +220,7 @@ class PostgresLedger:
                         "other workers take them over) once the database is back"
                     )
                     raise self._gone from None
-                await anyio.sleep(backoff_delay(retry, _RETRY, half_jitter))
+                await anyio.sleep(backoff_delay(retry, RECONNECT_BACKOFF, half_jitter))
                 retry += 1
                 continue
             if self._outage.down:
@@ -497,15 +492,6 @@ class PostgresLedger:
             "(state = 'pending' AND NOT (key = ANY($2::text[]))) OR state = 'submitting' "
             "OR (state = 'submitted' AND NOT timed_out AND owner IS DISTINCT FROM $1)",
             self.worker,
-            sorted(skip),
-        )
-        return int(found)
-
-    async def pending_left(self, skip: set[str]) -> int:
-        """``pending`` jobs, not among ``skip``."""
-        found = await self._fetchval(
-            "SELECT count(*) FROM aio88_batch_jobs WHERE state = 'pending' "
-            "AND NOT (key = ANY($1::text[]))",
             sorted(skip),
         )
         return int(found)

@@ -7,9 +7,10 @@ import asyncio
 
 import asyncpg
 
+from .._config import FLEET_RECONNECT_MAX, FLEET_RECONNECT_MIN, RetryPolicy
 from .._errors import FleetError
 
-__all__ = ["DB_ERRORS", "UNREACHABLE", "FleetError"]
+__all__ = ["DB_ERRORS", "RECONNECT_BACKOFF", "UNREACHABLE", "FleetError"]
 
 #: What a failed round trip to the database raises (a lost or refused connection, a
 #: timeout, an error from the server or the driver; asyncpg's InternalClientError is no
@@ -39,4 +40,10 @@ UNREACHABLE = (
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.TransactionRollbackError,
+)
+
+#: How the fleet's parts wait between tries while the database is out of reach (with
+#: :func:`aio88._retry.half_jitter`): a reconnect, a statement, a rate token.
+RECONNECT_BACKOFF = RetryPolicy(
+    backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX
 )

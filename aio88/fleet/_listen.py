@@ -19,16 +19,13 @@ from typing import Any
 
 import asyncpg
 
-from .._config import FLEET_LISTEN_CHECK, FLEET_RECONNECT_MAX, FLEET_RECONNECT_MIN, RetryPolicy
+from .._config import FLEET_LISTEN_CHECK
 from .._retry import backoff_delay, half_jitter
-from ._errors import DB_ERRORS
+from ._errors import DB_ERRORS, RECONNECT_BACKOFF
 
 __all__ = ["Listener"]
 
 log = logging.getLogger("aio88.fleet")
-
-#: The reconnect backoff: from FLEET_RECONNECT_MIN, doubling, at most FLEET_RECONNECT_MAX.
-_RECONNECT = RetryPolicy(backoff_initial=FLEET_RECONNECT_MIN, backoff_max=FLEET_RECONNECT_MAX)
 
 
 #: ``handler(payload)``: called for each notification on its channel, in the event loop;
@@ -144,7 +141,7 @@ class Listener:
                     await self._open()
                     break
                 except DB_ERRORS:
-                    await asyncio.sleep(backoff_delay(tries, _RECONNECT, half_jitter))
+                    await asyncio.sleep(backoff_delay(tries, RECONNECT_BACKOFF, half_jitter))
                     tries += 1
             self.reconnects += 1
             for hook in self._hooks:

@@ -46,7 +46,8 @@ from .._config import (
     RATE_FLOOR,
 )
 from .._errors import RateBudgetUnavailableError
-from ._errors import DB_ERRORS
+from .._retry import backoff_delay, half_jitter
+from ._errors import DB_ERRORS, RECONNECT_BACKOFF
 
 __all__ = ["FleetRateBudget", "RateNotice", "parse_notice"]
 
@@ -128,6 +129,11 @@ class FleetRateBudget:
         self._refreshed = -math.inf
         #: Round trips made for blocks (for measurements and tests).
         self.round_trips = 0
+        # While the database is out of reach: no new try before this time (backoff), so
+        # that every waiting request does not open a connection of its own.
+        self._unreachable: str | None = None  # why the last try failed
+        self._retry_at = -math.inf
+        self._failures = 0
 
     # -- the RateBudget protocol -----------------------------------------------------------
 
@@ -250,6 +256,10 @@ class FleetRateBudget:
     async def _take(self, want: int) -> None:
         assert self.rate is not None
         sent = self._clock()
+        if self._unreachable is not None and sent < self._retry_at:
+            # The last try failed a moment ago: not again yet (a new exception each time:
+            # one raised again and again would grow its traceback).
+            raise RateBudgetUnavailableError(self._unreachable, request_sent=False)
         try:
             unused, self._unused = self._unused, 0
             row = await self._pool.fetchrow(
@@ -265,10 +275,14 @@ class FleetRateBudget:
         except DB_ERRORS as exc:
             # A connection error to the caller, with nothing sent: a poll backs off and
             # tries again, a create is known not to have been made (never unconfirmed).
-            raise RateBudgetUnavailableError(
-                f"the fleet's database did not hand out a rate token: {type(exc).__name__}: {exc}",
-                request_sent=False,
-            ) from exc
+            self._unreachable = (
+                f"the fleet's database did not hand out a rate token: {type(exc).__name__}: {exc}"
+            )
+            delay = backoff_delay(self._failures, RECONNECT_BACKOFF, half_jitter)
+            self._retry_at = self._clock() + delay
+            self._failures += 1
+            raise RateBudgetUnavailableError(self._unreachable, request_sent=False) from exc
+        self._unreachable, self._failures = None, 0
         self.round_trips += 1
         assert row is not None
         received = self._clock()
