@@ -711,6 +711,10 @@ class Poller:
             self._drop(entry)
 
     def _finish(self, entry: _Tracked, task: Task | None, error: BaseException | None) -> None:
+        if not entry.live:
+            # Finished (or dropped) while a poll of it was in flight: another process of
+            # the fleet wrote its end meanwhile. One outcome per task, the first.
+            return
         self._drop(entry)
         self._finished += 1
         outcome = Outcome(entry.id, entry.kind, task, error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 import asyncpg
@@ -16,8 +17,11 @@ import pytest
 from test_webhook_delivery import event_for
 
 from aio88 import Client, Poller, Schedule, Status, Video
+from aio88._coordination import FinishedHandler, HintHandler
+from aio88._models import Kind
+from aio88._pacing import LocalRateBudget
 from aio88.fleet import Fleet, FleetError
-from aio88.testing import Emulator
+from aio88.testing import Emulator, LoggedRequest
 
 KEY = "sk-test"
 
@@ -145,3 +149,82 @@ async def test_a_fleet_closed_under_a_poller_fails_its_waits_clearly(postgres_ds
                 await fleet.aclose()  # the wrong order: the fleet before its poller
     [error] = failure
     assert "close the fleet after the clients and pollers" in str(error)
+
+
+class _AllMine:
+    """Task leases of a process that holds every lease, whose "another process wrote
+    this task's end" notices the test sends (``ended``): the fleet's notification, at a
+    moment of the test's choosing (with PostgreSQL, the test cannot hold a poll in flight
+    while another process writes the end)."""
+
+    lease = 30.0
+
+    def __init__(self) -> None:
+        self.ended: FinishedHandler | None = None
+
+    def subscribe(self, on_finished: FinishedHandler, on_hint: HintHandler) -> Callable[[], None]:
+        self.ended = on_finished
+        return lambda: None
+
+    def track(self, task_id: str, kind: Kind) -> None:
+        return None
+
+    def untrack(self, task_id: str) -> None:
+        return None
+
+    def holds(self, task_id: str) -> bool:
+        return True
+
+    async def claim(self, task_id: str, kind: Kind) -> bool:
+        return True
+
+    def finished(self, task_id: str, kind: Kind, task_json: bytes) -> None:
+        return None
+
+    def hint(self, task_id: str) -> None:
+        return None
+
+
+class _OneProcess:
+    """A coordinator whose leases are :class:`_AllMine` and whose budget is local."""
+
+    lease_seconds = 30.0
+
+    def __init__(self) -> None:
+        self.leases = _AllMine()
+
+    def rate_budget(self, name: str, rate: float | None, clock: Callable[[], float]) -> Any:
+        return LocalRateBudget(rate, clock)
+
+
+async def test_an_end_written_elsewhere_during_a_poll_gives_one_outcome() -> None:
+    """A watched task's poll is in flight (held by the server) when the fleet says another
+    process wrote the task's end: that ends it here; the poll's answer, when it comes,
+    gives no second outcome (a second one ended a batch worker's watch one task early)."""
+    coordinator = _OneProcess()
+    async with (
+        Emulator(duration=None) as emu,
+        Client(KEY, base_url=emu.base_url, fleet=coordinator) as client,
+    ):
+        task_id = emu.add_task()
+        async with client.watch([task_id], schedule=Schedule.fixed(0.05)) as watch:
+            watch.expect(1)  # kept open: a second outcome would come out
+
+            def gets() -> list[LoggedRequest]:
+                return [r for r in emu.requests if r.method == "GET" and task_id in r.path]
+
+            await until(lambda: len(gets()) >= 1 and gets()[0].elapsed is not None)
+            emu.faults.latency = 60.0
+            await until(lambda: any(r.elapsed is None for r in gets()))  # a poll held
+            emu.complete(task_id)
+            assert coordinator.leases.ended is not None
+            ended = b'{"id":"%s","object":"video","status":"completed","progress":100}'
+            coordinator.leases.ended(task_id, "video", ended % task_id.encode())
+            first = await watch.__anext__()
+            emu.faults.latency = 0.0  # the held poll answers: completed
+            await until(lambda: all(r.elapsed is not None for r in gets()))
+            with anyio.move_on_after(0.5):
+                second = await watch.__anext__()
+                pytest.fail(f"a second outcome: {second}")
+            watch.forget()
+    assert first.id == task_id and first.ok
