@@ -412,8 +412,10 @@ class SharedLedger(LedgerStore, Protocol):
         ...
 
     async def bury(self) -> int:
-        """Dead workers' ``submitting`` jobs become ``unconfirmed`` (their create may
-        have reached the server); return how many."""
+        """Dead workers' ``submitting`` jobs become ``unconfirmed`` if their claim was
+        confirmed before a write (their create may have reached the server), else
+        ``pending`` again (nothing of it was written, and its worker confirms before it
+        writes); return how many became ``unconfirmed``."""
         ...
 
     async def timed_out(self, key: str) -> None:

@@ -323,8 +323,9 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
     """A worker stopped (SIGSTOP: a laptop asleep) with tasks to poll and creates held by
-    the server, for longer than two of its leases: a live worker takes its tasks over and
-    marks its creates in flight unconfirmed. Woken (SIGCONT), the sleeper finds those jobs
+    the server, for longer than two of its leases: a live worker takes its tasks over,
+    marks its creates sent (claims confirmed) unconfirmed, and creates those it had only
+    claimed. Woken (SIGCONT), the sleeper finds those jobs
     no longer its own: it downloads nothing, writes nothing (the batch is exactly as the
     taker left it) and says so (``lost``); no job is created twice. A rerun with
     ``--reconcile`` then finds the unconfirmed creates' tasks in the dashboard's list and
@@ -354,26 +355,31 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
             emu.faults.latency = 60.0  # its next creates are held: sent, not answered
             await _until_held(emu, 1)
             sleeper.send_signal(signal.SIGSTOP)
-            held = dict(
-                await _rows(
+            await anyio.sleep(0.2)  # a statement it sent just before runs all the same
+            held = {
+                key: (state, confirmed)
+                for key, state, confirmed in await _rows(
                     postgres_dsn,
-                    "SELECT key, state FROM aio88_batch_jobs WHERE owner LIKE $1",
+                    "SELECT key, state, confirmed FROM aio88_batch_jobs WHERE owner LIKE $1",
                     mine,
                 )
-            )
-            submitted = {key for key, state in held.items() if state == "submitted"}
-            in_flight = {key for key, state in held.items() if state == "submitting"}
-            assert submitted and in_flight
+            }
+            submitted = {key for key, (state, _) in held.items() if state == "submitted"}
+            in_flight = {key for key, (state, _) in held.items() if state == "submitting"}
+            # Claims confirmed just before the first byte: those creates may have gone out.
+            sent = {key for key, (state, yes) in held.items() if state == "submitting" and yes}
+            assert submitted and sent
             # The held creates are stored now; their answers wait in the sleeper's socket.
             emu.faults.latency = 0.0
 
             code, stdout, stderr = await aio88_process(*argv, "-v", "--json", env=env)
-            assert code == 1, stderr  # the sleeper's creates in flight are unconfirmed
+            assert code == 1, stderr  # the sleeper's creates sent are unconfirmed
             taken = {e["key"] for e in json_events(stdout) if e["event"] == "taken_over"}
             assert submitted <= taken
             states = dict(await _rows(postgres_dsn, "SELECT key, state FROM aio88_batch_jobs"))
-            assert {k for k, s in states.items() if s == "unconfirmed"} == in_flight
-            assert all(states[key] == "downloaded" for key in submitted)
+            assert {k for k, s in states.items() if s == "unconfirmed"} == sent
+            # Claimed, never confirmed: put back, and created by the taker.
+            assert all(states[key] == "downloaded" for key in submitted | (in_flight - sent))
             before = await _rows(postgres_dsn, _SNAPSHOT)
             seen = len(emu.requests)
 
@@ -410,9 +416,9 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
         )
         assert code == 0, stderr + stdout
         adopted = {e["key"]: e["id"] for e in json_events(stdout) if e["event"] == "adopted"}
-        assert set(adopted) == in_flight
+        assert set(adopted) == sent
         assert {emu.tasks[i].prompt for i in adopted.values()} == {
-            f"fox {key.split('-')[1]}" for key in in_flight
+            f"fox {key.split('-')[1]}" for key in sent
         }
     assert len(emu.tasks) == total  # one task per job, none created twice
     rows = await _rows(postgres_dsn, "SELECT state, path FROM aio88_batch_jobs")

@@ -208,8 +208,8 @@ async def test_a_worker_just_back_from_an_outage_takes_nobody_for_dead(
         await ledger.add_new(_jobs(2))
         await _rows(
             postgres_dsn,
-            "UPDATE aio88_batch_jobs SET owner = $1, task_id = 't-' || key, state = CASE key "
-            "WHEN 'job-0' THEN 'submitting' ELSE 'submitted' END",
+            "UPDATE aio88_batch_jobs SET owner = $1, task_id = 't-' || key, confirmed = true, "
+            "state = CASE key WHEN 'job-0' THEN 'submitting' ELSE 'submitted' END",
             _DEAD,
         )
         async with _closed(postgres_dsn):
@@ -223,6 +223,27 @@ async def test_a_worker_just_back_from_an_outage_takes_nobody_for_dead(
         clock.advance(0.2)
         assert await ledger.bury() == 1
         assert [job.key for job in await ledger.take_over()] == ["job-1"]
+
+
+async def test_a_dead_workers_claims_never_confirmed_go_back_to_pending(
+    postgres_dsn: str,
+) -> None:
+    """A dead worker's claim confirmed before a write may have been sent: ``unconfirmed``.
+    One never confirmed was not (and its worker, should it come back, confirms before it
+    writes and finds the job gone): ``pending`` again, for anyone to create."""
+    async with _losing_ledger(postgres_dsn) as (ledger, _):
+        await ledger.add_new(_jobs(2))
+        await _rows(
+            postgres_dsn,
+            "UPDATE aio88_batch_jobs SET owner = $1, state = 'submitting', "
+            "confirmed = (key = 'job-0')",
+            _DEAD,
+        )
+        assert await ledger.bury() == 1
+        rows = await _rows(postgres_dsn, "SELECT key, state, owner FROM aio88_batch_jobs")
+        assert sorted(rows) == [("job-0", "unconfirmed", None), ("job-1", "pending", None)]
+        claimed = await ledger.claim(set())
+        assert claimed is not None and claimed.key == "job-1"
 
 
 async def test_an_outage_longer_than_the_patience_stops_the_worker(

@@ -86,9 +86,11 @@ CREATE TABLE IF NOT EXISTS aio88_batch_jobs (
     updated_at timestamptz NOT NULL DEFAULT now(),
     sending_since double precision,
     sending_last double precision,
-    op text
+    op text,
+    confirmed boolean NOT NULL DEFAULT false
 );
 ALTER TABLE aio88_batch_jobs ADD COLUMN IF NOT EXISTS op text;
+ALTER TABLE aio88_batch_jobs ADD COLUMN IF NOT EXISTS confirmed boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS aio88_batch_jobs_state ON aio88_batch_jobs (state, line);
 CREATE INDEX IF NOT EXISTS aio88_batch_jobs_task ON aio88_batch_jobs (task_id);
 """
@@ -398,16 +400,16 @@ class PostgresLedger:
                 )
                 if row is not None:
                     return row
+            # Not ``confirmed``: its create is not about to be written yet (reclaim, just
+            # before the first byte, confirms it), so it has no send time either.
             return await self._pool.fetchrow(
                 "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "  # noqa: S608
-                "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
-                "sending_last = $3, op = $4 "
+                "updated_at = now(), confirmed = false, op = $3 "
                 "WHERE key = (SELECT key FROM aio88_batch_jobs WHERE state = 'pending' "
                 "AND NOT (key = ANY($2::text[])) ORDER BY line LIMIT 1 FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {_COLUMNS}",
                 self.worker,
                 sorted(skip),
-                time.time(),
                 op,
             )
 
@@ -420,7 +422,7 @@ class PostgresLedger:
         status = await self._execute(
             "UPDATE aio88_batch_jobs SET state = 'submitting', owner = $1, error = NULL, "
             "updated_at = now(), sending_since = COALESCE(sending_since, $3), "
-            "sending_last = $3 WHERE key = $2 AND (state = 'pending' "
+            "sending_last = $3, confirmed = true WHERE key = $2 AND (state = 'pending' "
             "OR (state = 'submitting' AND owner = $1))",
             self.worker,
             key,
@@ -453,20 +455,24 @@ class PostgresLedger:
 
     async def bury(self) -> int:
         """Dead workers' creates in flight become ``unconfirmed`` (and nobody's: should
-        the worker come back with its answer, it finds the job no longer its own). None
-        while the database is just back (see :meth:`_just_back`)."""
+        the worker come back with its answer, it finds the job no longer its own); their
+        claims never confirmed go back to ``pending`` (no byte of those creates was
+        written, and none will be: a worker that comes back confirms before writing, and
+        finds the job gone). Returns how many became ``unconfirmed``. None while the
+        database is just back (see :meth:`_just_back`)."""
         if self._just_back():
             return 0
-        status = await self._execute(
-            "UPDATE aio88_batch_jobs j SET state = 'unconfirmed', updated_at = now(), "  # noqa: S608
-            "owner = NULL, error = 'its worker (' || coalesce(owner, '?') || ') was silent "
-            "for over " + str(FLEET_BATCH_DEAD_LEASES) + " leases while the create was in "
-            "flight: it may have reached the server' "
+        rows = await self._fetch(
+            "UPDATE aio88_batch_jobs j SET updated_at = now(), owner = NULL, "  # noqa: S608
+            "state = CASE WHEN confirmed THEN 'unconfirmed' ELSE 'pending' END, "
+            "error = CASE WHEN confirmed THEN 'its worker (' || coalesce(owner, '?') || ') "
+            "was silent for over " + str(FLEET_BATCH_DEAD_LEASES) + " leases while the "
+            "create was in flight: it may have reached the server' END "
             "WHERE state = 'submitting' AND (owner IS NULL OR (owner <> $1 AND NOT "
-            f"{_ALIVE.format(owner='j.owner')}))",
+            f"{_ALIVE.format(owner='j.owner')})) RETURNING state",
             self.worker,
         )
-        return _count(status)
+        return sum(row["state"] == "unconfirmed" for row in rows)
 
     async def timed_out(self, key: str) -> None:
         """Nobody takes ``key`` over in this batch run (a later worker polls it again)."""
