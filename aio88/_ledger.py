@@ -377,7 +377,8 @@ class SharedLedger(LedgerStore, Protocol):
 
     A worker claims a ``pending`` job and commits it ``submitting`` (owned by itself) in
     one statement, *before* its create is sent, and only when a create slot is free: so a
-    worker never holds more ``submitting`` jobs than creates in flight. Its task is then
+    worker never holds more ``submitting`` jobs than creates in flight; just before the
+    create's first byte it confirms the claim (:meth:`reclaim`). Its task is then
     polled and downloaded by the same worker, or, once that worker is dead (no heartbeat
     within ``FLEET_BATCH_DEAD_LEASES`` of its leases), by the live one that takes it over.
     Every later step of a job is written only while its worker still owns it

@@ -6,12 +6,15 @@ worker imports the jobs file (idempotently, by key), then:
 
 - claims a ``pending`` job only when one of its create slots is free, and commits it
   ``submitting`` (owned by itself) in the same statement, with ``FOR UPDATE SKIP LOCKED``,
-  *before* the create is sent: no job is created twice, fleet-wide;
+  *before* the create is sent: no job is created twice, fleet-wide. Just before the
+  create's first byte, it confirms the claim (:meth:`PostgresLedger.reclaim`: still its
+  own, now ``confirmed``);
 - polls and downloads the tasks it created; a worker whose heartbeat (the fleet's
   ``aio88_processes`` row) is older than ``FLEET_BATCH_DEAD_LEASES`` of its leases, or
-  that has no row (it left), is dead: a live worker takes over its ``submitted`` jobs, and
-  marks its ``submitting`` ones ``unconfirmed`` (their create may have reached the
-  server). A live worker's jobs are never touched by another;
+  that has no row (it left), is dead: a live worker takes over its ``submitted`` jobs,
+  marks its confirmed ``submitting`` ones ``unconfirmed`` (their create may have reached
+  the server) and puts the others back to ``pending`` (nothing of them was written). A
+  live worker's jobs are never touched by another;
 - writes each later step of a job only while it owns the job (``WHERE owner = $me``): a
   worker counted dead that comes back (a laptop that slept) finds the row changed, and
   leaves the job to its new owner (no download, no write);
