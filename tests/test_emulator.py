@@ -301,6 +301,10 @@ async def test_a_client_gone_while_its_create_is_held(caplog: pytest.LogCaptureF
         async with Client("sk-test", base_url=emu.base_url) as client:
             with anyio.move_on_after(0.3):
                 await client.videos.create(prompt="a fox")
+        # The server must see the connection closed before the hold ends (a few turns of
+        # the loop: the client's close, the FIN, aiohttp's connection_lost); released
+        # sooner, the held create may read its body, already received, and answer it.
+        await anyio.sleep(0.2)
         emu.faults.latency = 0.0  # releases the waiting request at once
         with anyio.fail_after(5):
             while emu.in_flight:  # noqa: ASYNC110 - a counter, no event
