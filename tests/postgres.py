@@ -15,6 +15,7 @@ missing. The fixtures (``postgres_server``, ``postgres_dsn``) live in ``conftest
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -23,12 +24,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
 from servers import free_port
 
-__all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir"]
+__all__ = ["PostgresServer", "PostgresUnavailable", "database_outage", "find_bindir"]
 
 #: How long ``pg_ctl`` may take to start or stop the cluster (its own ``-t``).
 START_TIMEOUT = 60
@@ -200,3 +202,30 @@ class PostgresServer:
     def _remove(self) -> None:
         with contextlib.suppress(OSError):
             shutil.rmtree(self.root)
+
+
+@contextlib.asynccontextmanager
+async def database_outage(dsn: str) -> AsyncIterator[None]:
+    """While the block runs, the database of ``dsn`` refuses every connection, and every
+    one it had is cut (waited for until gone): a real outage for its clients, as when
+    PostgreSQL is stopped."""
+    import asyncpg  # only the fleet's tests call this, and they have it
+
+    base, name = dsn.rsplit("/", 1)
+    admin = await asyncpg.connect(f"{base}/postgres")  # not from the database it closes
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                name,
+            )
+            # The cut sessions end soon after.
+            count = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+            while await admin.fetchval(count, name):  # noqa: ASYNC110 - the server's view, no event
+                await asyncio.sleep(0.01)
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
+from postgres import database_outage
 
 from aio88 import Aio88Error
 from aio88._coordination import Coordinator
@@ -234,29 +235,19 @@ async def test_a_database_outage_is_a_few_log_lines(
     """The database refuses connections for several heartbeats: the fleet logs the first
     failure and the recovery, not a line per failed statement, and asyncpg's pool logs
     no traceback (the pool keeps no connection floor to restore)."""
-    base, name = postgres_dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(f"{base}/postgres")  # not from the database it closes
-    try:
-        async with Fleet(postgres_dsn, lease=0.15) as fleet:
-            with caplog.at_level(logging.DEBUG):
-                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                    name,
-                )
+    async with Fleet(postgres_dsn, lease=0.15) as fleet:
+        with caplog.at_level(logging.DEBUG):
+            async with database_outage(postgres_dsn):
                 beats = fleet.beats
                 for n in range(30):  # many statements fail meanwhile
                     fleet.leases.track(f"t{n}", "video")
                     assert not await fleet.leases.claim(f"t{n}", "video")
                 await _until(lambda: fleet.beats >= beats + 8, "eight heartbeats")
-                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                await _until(
-                    lambda: any("is back" in r.getMessage() for r in caplog.records),
-                    "the recovery's line",
-                )
-                await _until(lambda: fleet.listener.reconnects >= 1, "the LISTEN connection")
-    finally:
-        await admin.close()
+            await _until(
+                lambda: any("is back" in r.getMessage() for r in caplog.records),
+                "the recovery's line",
+            )
+            await _until(lambda: fleet.listener.reconnects >= 1, "the LISTEN connection")
     fleet_lines = [r for r in caplog.records if r.name == "aio88.fleet"]
     messages = [r.getMessage() for r in fleet_lines]
     assert all(m.startswith("aio88 fleet: ") for m in messages), messages

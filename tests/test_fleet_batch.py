@@ -17,6 +17,8 @@ import json
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from aio88._ledger import Job
 from aio88.testing import Emulator, Faults
 
 asyncpg = pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
-from aio88.fleet._batch import open_batch  # noqa: E402 - needs asyncpg
+from aio88.fleet._batch import PostgresLedger, open_batch  # noqa: E402 - needs asyncpg
 
 
 async def _rows(dsn: str, query: str, *args: object) -> list[Any]:
@@ -231,6 +233,33 @@ async def _until_held(emu: Emulator, count: int) -> None:
             await anyio.sleep(0.02)
 
 
+async def _hold_creates_after(emu: Emulator, dsn: str, owner: str, *, submitted: int) -> None:
+    """Once the worker ``owner`` (a LIKE pattern) has ``submitted`` jobs created, the
+    emulator holds its answers (creates sent from then on are stored, not answered),
+    until one create is held."""
+    await _until_rows(
+        dsn,
+        "SELECT count(*) >= $2 FROM aio88_batch_jobs WHERE state = 'submitted' AND owner LIKE $1",
+        owner,
+        submitted,
+    )
+    emu.faults.latency = 60.0
+    await _until_held(emu, 1)
+
+
+@asynccontextmanager
+async def _one_job_batch(dsn: str) -> AsyncIterator[tuple[Emulator, PostgresLedger, Client]]:
+    """A worker's seat in a batch of one job (``job-0``), the emulator and a client."""
+    async with (
+        Emulator() as emu,
+        open_batch(dsn, lease=5) as ledger,
+        Client(api_key=emu.api_key, base_url=emu.base_url) as client,
+    ):
+        request = {"model": "sora-2", "prompt": "fox"}
+        await ledger.add_new([Job(key="job-0", line=1, kind="video", request=request)])
+        yield emu, ledger, client
+
+
 _SNAPSHOT = (
     "SELECT key, state, task_id, path, size, sha256, owner, error, timed_out, updated_at "
     "FROM aio88_batch_jobs ORDER BY key"
@@ -244,13 +273,7 @@ async def test_a_claim_taken_before_its_create_is_written_sends_nothing(
     connection, perhaps a process stopped: if another worker took this one for dead
     meanwhile (and made the job ``unconfirmed``), the claim is confirmed just before the
     write, fails, and nothing is sent; the job stays as that worker left it, said lost."""
-    async with (
-        Emulator() as emu,
-        open_batch(postgres_dsn, lease=5) as ledger,
-        Client(api_key=emu.api_key, base_url=emu.base_url) as client,
-    ):
-        request = {"model": "sora-2", "prompt": "fox"}
-        await ledger.add_new([Job(key="job-0", line=1, kind="video", request=request)])
+    async with _one_job_batch(postgres_dsn) as (emu, ledger, client):
 
         async def claim_then_buried(skip: set[str]) -> Job | None:
             job = await ledger.claim(skip)
@@ -288,13 +311,7 @@ async def test_a_job_another_worker_gives_up_on_is_created_by_one_still_here(
     """Worker A gives a job up as ``pending`` (its tries all failed, nothing sent) after
     worker B found nothing left to claim: B's create loop is still there, claims it and
     creates it, then ends (before, B's loop had ended, and both waited forever)."""
-    async with (
-        Emulator() as emu,
-        open_batch(postgres_dsn, lease=5) as ledger,
-        Client(api_key=emu.api_key, base_url=emu.base_url) as client,
-    ):
-        request = {"model": "sora-2", "prompt": "fox"}
-        await ledger.add_new([Job(key="job-0", line=1, kind="video", request=request)])
+    async with _one_job_batch(postgres_dsn) as (emu, ledger, client):
         await _rows(
             postgres_dsn, "UPDATE aio88_batch_jobs SET state = 'submitting', owner = 'a:1:x'"
         )
@@ -346,14 +363,7 @@ async def test_a_worker_asleep_past_its_leases_leaves_its_jobs_to_the_taker(
             )
         mine = f"%:{sleeper.pid}:%"
         try:
-            await _until_rows(
-                postgres_dsn,
-                "SELECT count(*) >= 4 FROM aio88_batch_jobs WHERE state = 'submitted' "
-                "AND owner LIKE $1",
-                mine,
-            )
-            emu.faults.latency = 60.0  # its next creates are held: sent, not answered
-            await _until_held(emu, 1)
+            await _hold_creates_after(emu, postgres_dsn, mine, submitted=4)
             sleeper.send_signal(signal.SIGSTOP)
             await anyio.sleep(0.2)  # a statement it sent just before runs all the same
             held = {
@@ -455,14 +465,7 @@ async def test_ctrl_c_of_one_worker_hands_its_polls_over_at_once(
         other_log = tmp_path / "other.jsonl"
         other = None
         try:
-            await _until_rows(
-                postgres_dsn,
-                "SELECT count(*) >= 3 FROM aio88_batch_jobs WHERE state = 'submitted' "
-                "AND owner LIKE $1",
-                mine,
-            )
-            emu.faults.latency = 60.0  # its next creates are held: sent, not answered
-            await _until_held(emu, 1)
+            await _hold_creates_after(emu, postgres_dsn, mine, submitted=3)
             with other_log.open("wb") as log:
                 other = await anyio.open_process(
                     [*argv, "--lease", "1", "-v", "--json"], env=env, stdout=log, stderr=silent

@@ -15,7 +15,6 @@ not undone.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from typing import Any, cast
 import anyio
 import pytest
 from commands import AIO88, emulator_env, json_events, write_jobs
+from postgres import database_outage
 
 from aio88.testing import Emulator, ManualClock
 
@@ -34,22 +34,6 @@ from aio88.fleet import FleetError  # noqa: E402 - needs asyncpg
 from aio88.fleet._batch import PostgresLedger, open_batch  # noqa: E402
 
 _DEAD = "gone-host:1:dead"  # a worker id with no process row: dead
-
-
-@asynccontextmanager
-async def _closed(dsn: str) -> AsyncIterator[None]:
-    """The database refuses connections, and its sessions are cut, for the block."""
-    base, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(f"{base}/postgres")  # not from the database it closes
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        yield
-    finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
 
 
 async def _rows(dsn: str, query: str, *args: object) -> list[tuple[Any, ...]]:
@@ -212,7 +196,7 @@ async def test_a_worker_just_back_from_an_outage_takes_nobody_for_dead(
             "state = CASE key WHEN 'job-0' THEN 'submitting' ELSE 'submitted' END",
             _DEAD,
         )
-        async with _closed(postgres_dsn):
+        async with database_outage(postgres_dsn):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ledger.counts)  # fails, and waits for the database
                 await anyio.sleep(0.3)
@@ -252,7 +236,7 @@ async def test_an_outage_longer_than_the_patience_stops_the_worker(
     async with _losing_ledger(postgres_dsn, patience=1.0) as (ledger, pool):
         await ledger.add_new(_jobs(2))
         with caplog.at_level(logging.WARNING, logger="aio88.fleet"):
-            async with _closed(postgres_dsn):
+            async with database_outage(postgres_dsn):
                 with pytest.raises(FleetError) as raised:
                     await ledger.counts()
                 message = str(raised.value)
@@ -273,12 +257,47 @@ async def test_once_told_to_stop_waiting_a_statement_fails_at_once(postgres_dsn:
     async with _losing_ledger(postgres_dsn) as (ledger, pool):
         await ledger.add_new(_jobs(1))
         ledger.stop_waiting()
-        async with _closed(postgres_dsn):
+        async with database_outage(postgres_dsn):
             sent = pool.calls
             with pytest.raises(FleetError) as raised:
                 await ledger.set_state("job-0", "pending")
             assert pool.calls == sent + 1  # one try, no wait for the database
         assert "out of reach (the last failure" in str(raised.value)
+
+
+async def _workers_through_an_outage(
+    emu: Emulator,
+    dsn: str,
+    argv: list[str],
+    logs: list[Path],
+    *,
+    creates_first: int,
+    outage: float,
+) -> list[int]:
+    """Run one ``aio88`` worker per log (its stdout there, its stderr beside it as
+    ``.err``); once the emulator has ``creates_first`` creates, the database of ``dsn``
+    refuses connections for ``outage`` seconds. Returns the workers' exit codes."""
+    workers = []
+    try:
+        for log in logs:
+            with log.open("wb") as stdout, log.with_suffix(".err").open("wb") as stderr:
+                workers.append(
+                    await anyio.open_process(
+                        [*AIO88, *argv], env=emulator_env(emu), stdout=stdout, stderr=stderr
+                    )
+                )
+        with anyio.fail_after(30):
+            while emu.creates < creates_first:  # noqa: ASYNC110 - the emulator's count
+                await anyio.sleep(0.02)
+        async with database_outage(dsn):
+            await anyio.sleep(outage)
+        with anyio.fail_after(90):
+            return [await worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+            await worker.aclose()
 
 
 @pytest.mark.slow
@@ -291,33 +310,22 @@ async def test_a_database_outage_mid_run_is_waited_out(tmp_path: Path, postgres_
     async with Emulator(duration=(1.0, 2.0)) as emu:
         emu.faults.latency = 0.15  # creates one after another for about 2 s
         argv = ["run", str(jobs), "--out", str(out), "--ledger", postgres_dsn, "--lease", "2"]
-        stdout_path, stderr_path = tmp_path / "stdout.jsonl", tmp_path / "stderr.txt"
-        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            worker = await anyio.open_process(
-                [*AIO88, *argv, "--create-concurrency", "1", "--json"],
-                env=emulator_env(emu),
-                stdout=stdout,
-                stderr=stderr,
-            )
-        try:
-            with anyio.fail_after(30):
-                while emu.creates < 3:  # noqa: ASYNC110 - the emulator's count, no event
-                    await anyio.sleep(0.02)
-            async with _closed(postgres_dsn):
-                await anyio.sleep(5.0)
-            with anyio.fail_after(60):
-                code = await worker.wait()
-        finally:
-            if worker.returncode is None:
-                worker.kill()
-            await worker.aclose()
-        errors = stderr_path.read_text()
+        log = tmp_path / "worker.jsonl"
+        (code,) = await _workers_through_an_outage(
+            emu,
+            postgres_dsn,
+            [*argv, "--create-concurrency", "1", "--json"],
+            [log],
+            creates_first=3,
+            outage=5.0,
+        )
+        errors = log.with_suffix(".err").read_text()
         assert code == 0, errors
         assert "Traceback" not in errors
         assert "retrying for up to" in errors and "database is back" in errors
         created = Counter(task.prompt for task in emu.tasks.values())
     assert created == Counter(f"fox {i}" for i in range(total))
-    done = [e for e in json_events(stdout_path.read_text()) if e["event"] == "done"]
+    done = [e for e in json_events(log.read_text()) if e["event"] == "done"]
     assert len(done) == total
     assert len(list((out / "videos").iterdir())) == total
     states = await _rows(postgres_dsn, "SELECT state, count(*) FROM aio88_batch_jobs GROUP BY 1")
@@ -337,32 +345,15 @@ async def test_two_workers_outlive_an_outage_longer_than_their_leases(
     async with Emulator(duration=(1.0, 3.0)) as emu:
         emu.faults.latency = 0.1
         argv = ["run", str(jobs), "--out", str(out), "--ledger", postgres_dsn, "--lease", "1"]
-        workers, logs = [], []
-        for name in ("a", "b"):
-            log = tmp_path / f"{name}.jsonl"
-            logs.append(log)
-            with log.open("wb") as stdout:
-                workers.append(
-                    await anyio.open_process(
-                        [*AIO88, *argv, "--create-concurrency", "2", "-v", "--json"],
-                        env=emulator_env(emu),
-                        stdout=stdout,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-        try:
-            with anyio.fail_after(30):
-                while emu.creates < 6:  # noqa: ASYNC110 - the emulator's count, no event
-                    await anyio.sleep(0.02)
-            async with _closed(postgres_dsn):
-                await anyio.sleep(4.0)
-            with anyio.fail_after(90):
-                codes = [await worker.wait() for worker in workers]
-        finally:
-            for worker in workers:
-                if worker.returncode is None:
-                    worker.kill()
-                await worker.aclose()
+        logs = [tmp_path / f"{name}.jsonl" for name in ("a", "b")]
+        codes = await _workers_through_an_outage(
+            emu,
+            postgres_dsn,
+            [*argv, "--create-concurrency", "2", "-v", "--json"],
+            logs,
+            creates_first=6,
+            outage=4.0,
+        )
         created = Counter(task.prompt for task in emu.tasks.values())
     assert codes == [0, 0]
     assert created == Counter(f"fox {i}" for i in range(total))

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+from postgres import database_outage
 
 pytest.importorskip("asyncpg", reason="needs asyncpg (the aio88[postgres] extra)")
 
@@ -462,31 +463,6 @@ async def test_database_errors_are_retried_on_the_next_beat(
         assert await owner_of(dsn, "t1") == ("a", True)
 
 
-@contextlib.asynccontextmanager
-async def outage(dsn: str) -> AsyncIterator[None]:
-    """The database refuses every connection, and every one it had is cut: a real outage
-    for the members (as when PostgreSQL is stopped), while the block runs."""
-    base, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(f"{base}/postgres")  # not from the database it closes
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        try:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                name,
-            )
-            count = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
-            while True:  # the cut sessions end soon after
-                if not await admin.fetchval(count, name):
-                    break
-                await asyncio.sleep(0.01)
-            yield
-        finally:
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    finally:
-        await admin.close()
-
-
 # An outage lasts as long as the LISTEN connection's reconnect backoff (up to 5 s) makes
 # it: seconds, more on a loaded machine.
 @pytest.mark.slow
@@ -499,7 +475,7 @@ async def test_a_hint_sent_while_the_database_is_down_arrives_after(dsn: str) ->
         assert await b.leases.claim("t1", "video")
         assert b.listener is not None
         listener = b.listener
-        async with outage(dsn):
+        async with database_outage(dsn):
             for _ in range(3):  # a has tried to send it (and failed), heartbeats later
                 await a.leases.renew()
             a.leases.hint("t1")
@@ -541,7 +517,7 @@ async def test_hints_kept_through_an_outage_are_bounded(
     monkeypatch.setattr("aio88.fleet._leases.FLEET_HINT_BACKLOG", BACKLOG)
     monkeypatch.setattr("aio88.fleet._leases.FLEET_LATE_HINTS", LATE)
     async with members(dsn, "a", "b", lease=QUIET) as (a, b):
-        async with outage(dsn):
+        async with database_outage(dsn):
             for n in range(BACKLOG + 5):
                 a.leases.hint(f"t{n}")
             a.leases.hint("t3")  # hinted again: kept once, as the newest
