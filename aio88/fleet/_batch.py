@@ -340,12 +340,13 @@ class PostgresLedger:
             guard, check = "state = $9 AND op IS NOT DISTINCT FROM $11", JobState(was).value
             keep = "owner = NULL, timed_out = false"
         op = _token()
+        values: list[object] = [key, state.value, task_id, error, path, size, sha256, sending]
+        values += [check, op] if was is None else [check, op, seen]
 
         async def update(retry: int) -> str:
             # A try again after a lost answer: the first may have made the change (the
             # row then bears its stamp, unless another worker changed it since).
             where = f"({guard} OR op = $10)" if retry else guard
-            extra = [] if was is None else [seen]
             return await self._pool.execute(
                 "UPDATE aio88_batch_jobs SET state = $2, task_id = COALESCE($3, task_id), "  # noqa: S608
                 "error = $4, path = COALESCE($5, path), size = COALESCE($6, size), "
@@ -353,17 +354,7 @@ class PostgresLedger:
                 "sending_since = COALESCE(sending_since, $8), "
                 f"sending_last = COALESCE($8, sending_last), op = $10, {keep} "
                 f"WHERE key = $1 AND {where}",
-                key,
-                state.value,
-                task_id,
-                error,
-                path,
-                size,
-                sha256,
-                sending,
-                check,
-                op,
-                *extra,
+                *values,
             )
 
         return _count(await self._patiently(update)) == 1
